@@ -1,0 +1,190 @@
+#include "kernels/cpu/ops.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/float_convert.h"
+
+#include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/vec.h"
+#include "quant/dequantize.h"
+
+namespace fennec::kernels {
+
+namespace {
+
+// Rows of W dequantized per tile; every token reuses the tile while it is in cache.
+constexpr int64_t kRowTile = 16;
+
+void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
+  if (w.type == formats::GgmlType::F32) {
+    for (int64_t r = 0; r < n; ++r)
+      std::copy_n(reinterpret_cast<const float*>(w.data + (r0 + r) * w.row_bytes), w.cols,
+                  out + r * w.cols);
+    return;
+  }
+  if (w.type == formats::GgmlType::F16) {
+    const VecOps& v = vec_ops();
+    for (int64_t r = 0; r < n; ++r)
+      v.fp16_to_f32(reinterpret_cast<const uint16_t*>(w.data + (r0 + r) * w.row_bytes),
+                    out + r * w.cols, w.cols);
+    return;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    Status s = quant::dequantize_row(w.type, w.data + (r0 + r) * w.row_bytes, out + r * w.cols,
+                                     w.cols);
+    assert(s.has_value());
+    (void)s;
+  }
+}
+
+}  // namespace
+
+void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
+            int64_t ldy) {
+  if (ldy == 0) ldy = w.rows;
+  const VecOps& v = vec_ops();
+  // Round the activations through the format ggml pairs with this weight type, so results
+  // match an 8-bit-activation integer dot product (and llama.cpp) rather than exact f32.
+  const ActFormat af = activation_format(w.type);
+  std::vector<float> xr, corr;
+  const int64_t n_blocks = w.cols / 32;
+  if (af == ActFormat::kQ8_1) corr.resize(static_cast<size_t>(n_tokens * n_blocks));
+  if (af != ActFormat::kF32) {
+    xr.resize(static_cast<size_t>(n_tokens * w.cols));
+    for (int64_t t = 0; t < n_tokens; ++t)
+      round_activations(af, x + t * w.cols, xr.data() + t * w.cols, w.cols,
+                        corr.empty() ? nullptr : corr.data() + t * n_blocks);
+    x = xr.data();
+  }
+  // Q4_1/Q5_1 blocks start with fp16 d then fp16 m; m meets the activation block sum.
+  const int64_t block_bytes = w.row_bytes / std::max<int64_t>(1, n_blocks);
+  const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
+  pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> tile;
+    tile.resize(static_cast<size_t>(kRowTile * w.cols));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * kRowTile;
+      const int64_t nr = std::min(kRowTile, w.rows - r0);
+      dequantize_rows(w, r0, nr, tile.data());
+      for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        const float* xt = x + tok * w.cols;
+        float* yt = y + tok * ldy + r0;
+        for (int64_t r = 0; r < nr; ++r) yt[r] = v.dot(tile.data() + r * w.cols, xt, w.cols);
+        if (!corr.empty()) {
+          const float* ct = corr.data() + tok * n_blocks;
+          for (int64_t r = 0; r < nr; ++r) {
+            const uint8_t* row = w.data + (r0 + r) * w.row_bytes;
+            float c = 0;
+            for (int64_t b = 0; b < n_blocks; ++b) {
+              uint16_t m;
+              std::memcpy(&m, row + b * block_bytes + 2, 2);
+              c += fp16_to_f32(m) * ct[b];
+            }
+            yt[r] += c;
+          }
+        }
+      }
+    }
+  });
+}
+
+void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out) {
+  for (size_t i = 0; i < ids.size(); ++i) dequantize_rows(w, ids[i], 1, out + i * w.cols);
+}
+
+void rms_norm(const float* x, const float* weight, int64_t n_tokens, int64_t dim, float eps,
+              float* out) {
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* xt = x + t * dim;
+    float* ot = out + t * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xt[i]) * xt[i];
+    const float s = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
+    if (weight)
+      for (int64_t i = 0; i < dim; ++i) ot[i] = xt[i] * s * weight[i];
+    else
+      for (int64_t i = 0; i < dim; ++i) ot[i] = xt[i] * s;
+  }
+}
+
+void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
+          const int32_t* positions, const RopeParams& p) {
+  const int half = p.n_dims / 2;
+  std::vector<float> cs(static_cast<size_t>(half) * 2);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float pos = static_cast<float>(positions[t]) * p.freq_scale;
+    for (int i = 0; i < half; ++i) {
+      // theta_i = pos * base^(-2i/n_dims), as ggml computes it.
+      float theta = pos * std::pow(p.freq_base, -2.0f * static_cast<float>(i) / p.n_dims);
+      if (p.freq_factors) theta /= p.freq_factors[i];
+      cs[2 * i] = std::cos(theta);
+      cs[2 * i + 1] = std::sin(theta);
+    }
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + t * ld + static_cast<int64_t>(h) * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const int a = p.style == RopeStyle::kNormal ? 2 * i : i;
+        const int b = p.style == RopeStyle::kNormal ? 2 * i + 1 : i + half;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+        v[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+      }
+    }
+  }
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void gelu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * g * (1.0f + 0.044715f * g * g))) * up[i];
+  }
+}
+
+void add(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void scale(float* x, float s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+void softcap(float* x, float cap, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
+double log_softmax(const float* logits, int64_t n, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(n));
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, logits[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - m);
+  const double lse = m + std::log(sum);
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<float>(logits[i] - lse);
+  return lse;
+}
+
+void softmax(float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace fennec::kernels

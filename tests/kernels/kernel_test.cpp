@@ -1,0 +1,182 @@
+// Kernel paths against plain references: every SIMD level this CPU has (and the one FENNEC_CPU
+// forces) must agree with scalar code within a stated tolerance.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/float_convert.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec.h"
+
+namespace fennec::kernels {
+namespace {
+
+std::vector<float> random_vec(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<const VecOps*> available_paths() {
+  std::vector<const VecOps*> paths{&vec_ops_scalar()};
+  const SimdLevel best = detect_simd_level();
+  if (best >= SimdLevel::kAvx2) paths.push_back(&vec_ops_avx2());
+  if (best >= SimdLevel::kAvx512) paths.push_back(&vec_ops_avx512());
+  paths.push_back(&vec_ops());
+  return paths;
+}
+
+TEST(VecKernelTest, DotAndAxpyAgreeWithReferenceOnEveryPath) {
+  for (int64_t n : {1, 7, 8, 31, 64, 100, 576, 1537}) {
+    auto a = random_vec(static_cast<size_t>(n), 1), b = random_vec(static_cast<size_t>(n), 2);
+    double ref = 0;
+    for (int64_t i = 0; i < n; ++i) ref += static_cast<double>(a[i]) * b[i];
+    for (const VecOps* v : available_paths()) {
+      EXPECT_NEAR(v->dot(a.data(), b.data(), n), ref, 1e-5 * std::sqrt(static_cast<double>(n)) + 1e-6) << n;
+      std::vector<float> y(b);
+      v->axpy(0.5f, a.data(), y.data(), n);
+      for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[i], b[i] + 0.5f * a[i]);
+    }
+  }
+}
+
+TEST(VecKernelTest, Fp16ConversionsAreExactOnEveryPath) {
+  auto x = random_vec(1000, 3, 100.0f);
+  x.push_back(65504.0f);
+  x.push_back(1e-7f);   // fp16 subnormal
+  x.push_back(-0.0f);
+  for (const VecOps* v : available_paths()) {
+    std::vector<uint16_t> h(x.size());
+    std::vector<float> back(x.size());
+    v->f32_to_fp16(x.data(), h.data(), static_cast<int64_t>(x.size()));
+    v->fp16_to_f32(h.data(), back.data(), static_cast<int64_t>(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      EXPECT_EQ(h[i], f32_to_fp16(x[i])) << x[i];
+      EXPECT_EQ(f32_to_bits(back[i]), f32_to_bits(fp16_to_f32(h[i])));
+    }
+  }
+}
+
+TEST(OpsKernelTest, MatmulF32MatchesNaive) {
+  const int64_t rows = 37, cols = 96, n_tok = 5;
+  auto w = random_vec(static_cast<size_t>(rows * cols), 4);
+  auto x = random_vec(static_cast<size_t>(n_tok * cols), 5);
+  WeightView wv{formats::GgmlType::F32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
+                cols * 4};
+  ThreadPool pool(2);
+  std::vector<float> y(static_cast<size_t>(n_tok * rows));
+  matmul(wv, x.data(), n_tok, y.data(), pool);
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double ref = 0;
+      for (int64_t c = 0; c < cols; ++c) ref += static_cast<double>(w[r * cols + c]) * x[t * cols + c];
+      EXPECT_NEAR(y[t * rows + r], ref, 1e-4);
+    }
+}
+
+TEST(OpsKernelTest, Q8ActivationRoundingFollowsGgml) {
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i - 16) * 0.25f;
+  std::vector<float> out(32);
+  round_activations(ActFormat::kQ8_0, x.data(), out.data(), 32);
+  // amax = 4, d = 4/127 stored as fp16; q = round(x * 127/4).
+  const float dh = fp16_to_f32(f32_to_fp16(4.0f / 127.0f));
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(out[i], dh * std::nearbyint(x[i] * (127.0f / 4.0f))) << i;
+  EXPECT_EQ(activation_format(formats::GgmlType::Q4_K), ActFormat::kQ8_K);
+  EXPECT_EQ(activation_format(formats::GgmlType::Q4_1), ActFormat::kQ8_1);
+  EXPECT_EQ(activation_format(formats::GgmlType::F32), ActFormat::kF32);
+}
+
+TEST(OpsKernelTest, RopeNeoxAndNormalRotatePairs) {
+  std::vector<float> x = {1, 0, 0, 1};
+  const int32_t pos = 1;
+  RopeParams p;
+  p.n_dims = 4;
+  p.freq_base = 10000.f;
+  p.style = RopeStyle::kNormal;
+  std::vector<float> a(x);
+  rope(a.data(), 1, 4, 1, 4, &pos, p);
+  // pair (0,1) rotates by 1 rad; pair (2,3) by 1e-2 rad.
+  EXPECT_NEAR(a[0], std::cos(1.0f), 1e-6);
+  EXPECT_NEAR(a[1], std::sin(1.0f), 1e-6);
+  EXPECT_NEAR(a[2], -std::sin(0.01f), 1e-6);
+  EXPECT_NEAR(a[3], std::cos(0.01f), 1e-6);
+  p.style = RopeStyle::kNeox;
+  std::vector<float> b(x);
+  rope(b.data(), 1, 4, 1, 4, &pos, p);
+  // pairs (0,2) by 1 rad and (1,3) by 1e-2 rad.
+  EXPECT_NEAR(b[0], std::cos(1.0f), 1e-6);
+  EXPECT_NEAR(b[2], std::sin(1.0f), 1e-6);
+  EXPECT_NEAR(b[1], -std::sin(0.01f), 1e-6);
+  EXPECT_NEAR(b[3], std::cos(0.01f), 1e-6);
+}
+
+// Paged attention against a dense causal reference (in double), with GQA, a shuffled block
+// table, a chunk that starts mid-sequence, and a sliding window.
+TEST(AttentionKernelTest, PagedMatchesDenseReference) {
+  const int n_heads = 4, n_kv = 2, hd = 16, bs = 4, n_pos = 11, pos0 = 5;
+  const int n_q = n_pos - pos0;
+  for (int window : {0, 3}) {
+    std::vector<int32_t> table = {2, 0, 3};  // covers 12 slots
+    const int n_blocks = 4;
+    std::vector<uint16_t> kc(static_cast<size_t>(n_blocks * bs * n_kv * hd)), vc(kc.size());
+    auto keys = random_vec(static_cast<size_t>(n_pos * n_kv * hd), 10 + window);
+    auto vals = random_vec(static_cast<size_t>(n_pos * n_kv * hd), 20 + window);
+    for (int p = 0; p < n_pos; ++p)
+      for (int i = 0; i < n_kv * hd; ++i) {
+        const int64_t slot = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
+        kc[static_cast<size_t>(slot * n_kv * hd + i)] = f32_to_fp16(keys[static_cast<size_t>(p * n_kv * hd + i)]);
+        vc[static_cast<size_t>(slot * n_kv * hd + i)] = f32_to_fp16(vals[static_cast<size_t>(p * n_kv * hd + i)]);
+      }
+    auto q = random_vec(static_cast<size_t>(n_q * n_heads * hd), 30);
+    AttnSequence s{0, n_q, pos0, table.data()};
+    AttnParams ap;
+    ap.n_heads = n_heads;
+    ap.n_kv_heads = n_kv;
+    ap.head_dim_k = ap.head_dim_v = hd;
+    ap.block_size = bs;
+    ap.scale = 0.25f;
+    ap.window = window;
+    std::vector<float> out(static_cast<size_t>(n_q * n_heads * hd));
+    ThreadPool pool(2);
+    paged_attention(q.data(), n_heads * hd, &s, 1, kc.data(), vc.data(), ap, out.data(), n_heads * hd, pool);
+    for (int i = 0; i < n_q; ++i)
+      for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / (n_heads / n_kv);
+        const int pos = pos0 + i;
+        const int lo = window ? std::max(0, pos - window + 1) : 0;
+        std::vector<double> w;
+        double m = -1e300;
+        for (int k = lo; k <= pos; ++k) {
+          double d = 0;
+          for (int e = 0; e < hd; ++e)
+            d += static_cast<double>(q[static_cast<size_t>((i * n_heads + h) * hd + e)]) *
+                 fp16_to_f32(f32_to_fp16(keys[static_cast<size_t>((k * n_kv + kvh) * hd + e)]));
+          w.push_back(d * 0.25);
+          m = std::max(m, w.back());
+        }
+        double sum = 0;
+        for (auto& x : w) sum += (x = std::exp(x - m));
+        for (int e = 0; e < hd; ++e) {
+          double ref = 0;
+          for (int k = lo; k <= pos; ++k)
+            ref += w[static_cast<size_t>(k - lo)] / sum *
+                   fp16_to_f32(f32_to_fp16(vals[static_cast<size_t>((k * n_kv + kvh) * hd + e)]));
+          // Q and the weights pass through fp16 (as in ggml): allow that rounding.
+          EXPECT_NEAR(out[static_cast<size_t>((i * n_heads + h) * hd + e)], ref, 5e-3)
+              << "window " << window << " q " << i << " head " << h;
+        }
+      }
+  }
+}
+
+}  // namespace
+}  // namespace fennec::kernels

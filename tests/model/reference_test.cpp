@@ -1,0 +1,119 @@
+// Teacher-forced logits of fennec against llama.cpp's (tests/fixtures/reference, made by
+// make_reference.py with llama-cpp-python): top-1 agreement, KL divergence over the reference's
+// top-32 tokens plus a tail bucket, exact full-vocabulary KL at saved positions, and mean NLL.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+
+#include "engine/kv_cache.h"
+#include "formats/gguf.h"
+#include "model/model.h"
+#include "test_util.h"
+
+namespace fennec {
+namespace {
+
+struct Case {
+  const char* model;
+  const char* fixture;
+};
+
+class ReferenceTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
+  const Case c = GetParam();
+  FENNEC_REQUIRE_MODEL(c.model);
+  const auto ref = nlohmann::json::parse(
+      test::read_file(test::source_path(std::string("tests/fixtures/reference/") + c.fixture + ".json")));
+  auto g = formats::GgufFile::open(test::model_path(c.model));
+  ASSERT_TRUE(g) << g.error().message;
+  auto gg = std::make_shared<formats::GgufFile>(std::move(*g));
+  auto m = model::Model::load(gg);
+  ASSERT_TRUE(m) << m.error().message;
+  const model::Model& model = **m;
+  const int n_vocab = model.hparams().n_vocab;
+  ASSERT_EQ(n_vocab, ref["n_vocab"].get<int>());
+
+  const std::vector<int32_t> tokens = ref["tokens"].get<std::vector<int32_t>>();
+  const int n = static_cast<int>(tokens.size());
+  ASSERT_GE(n, 512);
+  auto kv = engine::KvCache::create(model.kv_shape(16), (n + 15) / 16);
+  ASSERT_TRUE(kv) << kv.error().message;
+  std::vector<int32_t> table((n + 15) / 16);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  ThreadPool pool(default_thread_count());
+  model::Batch batch;
+  batch.add(tokens, 0, table, n);
+  std::vector<float> logits;
+  ASSERT_TRUE(model.forward(batch, **kv, pool, logits).has_value());
+
+  const auto top1 = ref["top1"].get<std::vector<int32_t>>();
+  const auto& topk_ids = ref["topk_ids"];
+  const auto& topk_lp = ref["topk_logprobs"];
+  int agree = 0;
+  double kl_sum = 0, nll_sum = 0, ref_nll_sum = 0;
+  std::vector<float> lsm;
+  for (int i = 0; i < n; ++i) {
+    const float* row = logits.data() + static_cast<int64_t>(i) * n_vocab;
+    kernels::log_softmax(row, n_vocab, lsm);
+    int best = 0;
+    for (int v = 1; v < n_vocab; ++v)
+      if (row[v] > row[best]) best = v;
+    agree += best == top1[static_cast<size_t>(i)];
+    // KL(ref || fennec) over the top-32 reference tokens plus the remaining mass as one bucket.
+    double p_in = 0, q_in = 0, kl = 0;
+    for (size_t j = 0; j < topk_ids[static_cast<size_t>(i)].size(); ++j) {
+      const int id = topk_ids[static_cast<size_t>(i)][j].get<int>();
+      const double lp = topk_lp[static_cast<size_t>(i)][j].get<double>();
+      const double p = std::exp(lp);
+      const double lq = lsm[static_cast<size_t>(id)];
+      kl += p * (lp - lq);
+      p_in += p;
+      q_in += std::exp(lq);
+    }
+    const double p_tail = std::max(0.0, 1 - p_in), q_tail = std::max(1e-12, 1 - q_in);
+    if (p_tail > 1e-9) kl += p_tail * std::log(p_tail / q_tail);
+    kl_sum += kl;
+    if (i + 1 < n) {
+      nll_sum -= lsm[static_cast<size_t>(tokens[static_cast<size_t>(i + 1)])];
+      ref_nll_sum -= ref["target_logprobs"][static_cast<size_t>(i)].get<double>();
+    }
+  }
+  const double agree_rate = static_cast<double>(agree) / n;
+  const double mean_kl = kl_sum / n;
+  const double mean_nll = nll_sum / (n - 1), ref_mean_nll = ref_nll_sum / (n - 1);
+  std::printf("[ reference ] %s: top-1 agreement %.2f%% (%d/%d), mean KL(top-32+tail) %.6f, mean NLL %.5f vs llama.cpp %.5f\n",
+              c.model, 100 * agree_rate, agree, n, mean_kl, mean_nll, ref_mean_nll);
+  EXPECT_GE(agree_rate, 0.98);
+  EXPECT_LT(mean_kl, 0.01);
+  EXPECT_NEAR(mean_nll, ref_mean_nll, 0.01 * ref_mean_nll);
+
+  // Exact KL over the whole vocabulary where the reference saved full log-softmax rows.
+  const auto& full = ref["full_logprobs"];
+  const std::string blob = test::read_file(
+      test::source_path("tests/fixtures/reference/" + full["file"].get<std::string>()));
+  const auto positions = full["positions"].get<std::vector<int>>();
+  ASSERT_EQ(blob.size(), positions.size() * static_cast<size_t>(n_vocab) * sizeof(float));
+  const float* ref_lp = reinterpret_cast<const float*>(blob.data());
+  for (size_t k = 0; k < positions.size(); ++k) {
+    const int pos = positions[k];
+    kernels::log_softmax(logits.data() + static_cast<int64_t>(pos) * n_vocab, n_vocab, lsm);
+    double kl = 0;
+    for (int v = 0; v < n_vocab; ++v) {
+      const double lp = ref_lp[k * n_vocab + v];
+      kl += std::exp(lp) * (lp - lsm[static_cast<size_t>(v)]);
+    }
+    std::printf("[ reference ] %s: position %d full-vocabulary KL %.6f\n", c.model, pos, kl);
+    EXPECT_LT(kl, 0.01) << "position " << pos;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest,
+                         ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m"},
+                                           Case{test::kGemma3, "teacher_gemma3-270m"}),
+                         [](const auto& info) { return std::string(info.param.fixture).substr(8, 6); });
+
+}  // namespace
+}  // namespace fennec

@@ -1,0 +1,13 @@
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace fennec::cli {
+
+void add_info_command(CLI::App& app);
+void add_run_commands(CLI::App& app);        // run, chat
+void add_perplexity_command(CLI::App& app);
+int exit_code();
+void set_exit_code(int code);
+
+}  // namespace fennec::cli

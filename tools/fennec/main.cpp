@@ -1,0 +1,21 @@
+// fennec: the one command-line tool. Thin: parse flags, call the library, print.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+
+#include "tools/fennec/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fennec: open LLM inference"};
+  app.require_subcommand(1);
+  fennec::cli::add_info_command(app);
+  fennec::cli::add_run_commands(app);
+  fennec::cli::add_perplexity_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return fennec::cli::exit_code();
+}

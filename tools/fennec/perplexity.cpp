@@ -1,0 +1,53 @@
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "engine/perplexity.h"
+#include "tools/fennec/commands.h"
+
+namespace fennec::cli {
+
+void add_perplexity_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("perplexity", "perplexity of a text file (llama-perplexity's method)");
+  static std::string model, file;
+  static int ctx = 512, threads = 0, chunks = -1;
+  cmd->add_option("-m,--model", model, "GGUF model file")->required();
+  cmd->add_option("-f,--file", file, "text file")->required();
+  cmd->add_option("-c,--ctx-size", ctx, "chunk size in tokens (default 512)");
+  cmd->add_option("-t,--threads", threads, "compute threads");
+  cmd->add_option("--chunks", chunks, "score at most this many chunks");
+  cmd->callback([] {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+      std::fprintf(stderr, "fennec: %s: cannot read\n", file.c_str());
+      return set_exit_code(1);
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    engine::LoadOptions o;
+    o.n_threads = threads;
+    o.n_ctx = ctx;
+    auto lm = engine::LoadedModel::load(model, o);
+    if (!lm) {
+      std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
+      return set_exit_code(1);
+    }
+    const auto& tok = (*lm)->tokenizer();
+    const bool add_bos = (*lm)->gguf().get_bool_or("tokenizer.ggml.add_bos_token", false);
+    std::vector<int32_t> ids = tok.encode(ss.str(), add_bos, false);
+    std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
+    auto r = engine::perplexity(**lm, ids, ctx, chunks, [](int c, double p) {
+      std::fprintf(stderr, "[%d]%.4f,", c + 1, p);
+      std::fflush(stderr);
+    });
+    std::fprintf(stderr, "\n");
+    if (!r) {
+      std::fprintf(stderr, "fennec: %s\n", r.error().message.c_str());
+      return set_exit_code(1);
+    }
+    std::printf("Final estimate: PPL = %.4f +/- %.5f (%d chunks of %d, %lld tokens scored)\n", r->ppl,
+                r->ppl_stderr, r->n_chunks, r->n_ctx, static_cast<long long>(r->n_scored));
+  });
+}
+
+}  // namespace fennec::cli
