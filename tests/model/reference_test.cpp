@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -53,6 +54,7 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   const auto& topk_ids = ref["topk_ids"];
   const auto& topk_lp = ref["topk_logprobs"];
   int agree = 0;
+  double max_gap = 0;
   double kl_sum = 0, nll_sum = 0, ref_nll_sum = 0;
   std::vector<float> lsm;
   for (int i = 0; i < n; ++i) {
@@ -62,6 +64,12 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
     for (int v = 1; v < n_vocab; ++v)
       if (row[v] > row[best]) best = v;
     agree += best == top1[static_cast<size_t>(i)];
+    if (best != top1[static_cast<size_t>(i)]) {
+      // A disagreement must be a near tie in llama.cpp's own distribution.
+      const double gap = topk_lp[static_cast<size_t>(i)][0].get<double>() - topk_lp[static_cast<size_t>(i)][1].get<double>();
+      max_gap = std::max(max_gap, gap);
+      EXPECT_LT(gap, 1.0) << "position " << i << ": llama.cpp's top-1 led by " << gap;
+    }
     // KL(ref || fennec) over the top-32 reference tokens plus the remaining mass as one bucket.
     double p_in = 0, q_in = 0, kl = 0;
     for (size_t j = 0; j < topk_ids[static_cast<size_t>(i)].size(); ++j) {
@@ -89,6 +97,7 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   // The issue's target is 98% top-1 agreement; fennec reaches 96-97% (SmolLM2) and 94% (Gemma 3)
   // while matching llama.cpp's mean NLL within 0.3%. The remaining gap is open (see the issue
   // notes); these bounds catch regressions: a real bug drops agreement far below them.
+  std::printf("[ reference ] %s: largest llama.cpp top-1/top-2 log-prob gap where top-1 differs: %.3f\n", c.model, max_gap);
   EXPECT_GE(agree_rate, 0.93);
   EXPECT_LT(mean_kl, 0.01);
   EXPECT_NEAR(mean_nll, ref_mean_nll, 0.01 * ref_mean_nll);

@@ -2,6 +2,7 @@
 clear errors it gives for bad input. Expected values come from the gguf package and from the
 llama.cpp reference fixtures, not from fennec itself."""
 import json
+import re
 import subprocess
 
 import gguf
@@ -83,3 +84,28 @@ def test_prompt_longer_than_context_is_an_error(fennec):
     r = run([fennec, "run", "-m", str(SMOL), "--raw", "-p", "word " * 400, "-c", "64", "-n", "4"])
     assert r.returncode != 0
     assert "context" in r.stderr
+
+
+@pytest.mark.parametrize("name,model", [("smollm2-135m", SMOL), ("gemma3-270m", GEMMA)])
+def test_perplexity_within_one_percent_of_llama_perplexity(fennec, name, model):
+    ref = json.loads((ROOT / "tests/fixtures/reference/perplexity.json").read_text())["models"][name]
+    r = run([fennec, "perplexity", "-m", str(model), "-f", str(ROOT / "tests/fixtures/reference/text.txt"),
+             "-c", "512", "-t", "2"])
+    assert r.returncode == 0, r.stderr
+    line = [l for l in r.stdout.splitlines() if l.startswith("Final estimate")][0]
+    ppl = float(line.split("=")[1].split()[0])
+    print(f"{name}: fennec PPL {ppl:.4f}, llama-perplexity {ref['ppl']:.4f}")
+    assert f"{ref['n_chunks']} chunks" in line
+    assert abs(ppl - ref["ppl"]) / ref["ppl"] < 0.01, (ppl, ref["ppl"])
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA], ids=["smollm2", "gemma3"])
+def test_weights_are_not_copied(fennec, model):
+    """Resident memory after a run stays under file size + KV cache + 64 MiB (zero-copy mmap)."""
+    r = run([fennec, "run", "-m", str(model), "-p", "Hi", "-n", "4", "--temp", "0", "-c", "1024"])
+    assert r.returncode == 0, r.stderr
+    line = [l for l in r.stderr.splitlines() if "resident memory" in l][0]
+    nums = [float(x) for x in re.findall(r"([\d.]+) MiB", line)]
+    rss, file_mib, kv_mib = nums
+    print(line)
+    assert rss < file_mib + kv_mib + 64, line
