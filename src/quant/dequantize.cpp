@@ -18,7 +18,9 @@ namespace ref {
 // fp16_to_f32.
 void dequantize_f16(const uint16_t* x, float* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint32_t h = x[i];
+    uint16_t hv;
+    std::memcpy(&hv, x + i, 2);  // rows of a GGUF file may sit at odd addresses
+    const uint32_t h = hv;
     const uint32_t shifted = (h & 0x7fffu) << 13;
     const uint32_t exp = shifted & 0x0f800000u;
     const uint32_t inf_nan = 0u - static_cast<uint32_t>(exp == 0x0f800000u);  // all-ones masks
@@ -31,7 +33,11 @@ void dequantize_f16(const uint16_t* x, float* __restrict y, int64_t n) {
 }
 
 void dequantize_bf16(const uint16_t* x, float* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(x[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, x + i, 2);
+    y[i] = bf16_to_f32(h);
+  }
 }
 
 }  // namespace ref
