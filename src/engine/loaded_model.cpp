@@ -1,7 +1,6 @@
 #include "engine/loaded_model.h"
 
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 
 #include "tokenizer/builtin_templates.h"

@@ -22,7 +22,7 @@ Expected<PerplexityResult> perplexity(LoadedModel& lm, const std::vector<int32_t
                       " tokens, fewer than one chunk of " + std::to_string(n_ctx) + ": use a longer text or a smaller -c");
   const int n_vocab = lm.model().hparams().n_vocab;
   const int32_t bos = lm.tokenizer().bos_id();
-  const bool add_bos = lm.gguf().get_bool_or("tokenizer.ggml.add_bos_token", false) && bos >= 0;
+  const bool add_bos = lm.tokenizer().add_bos() && bos >= 0;
   const int first = n_ctx / 2;
   std::vector<int32_t> table(static_cast<size_t>(blocks));
   for (int64_t b = 0; b < blocks; ++b) table[static_cast<size_t>(b)] = static_cast<int32_t>(b);

@@ -220,7 +220,6 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
   std::vector<float> q(static_cast<size_t>(T * q_dim)), k(static_cast<size_t>(T * k_dim)),
       v(static_cast<size_t>(T * v_dim)), attn(static_cast<size_t>(T * o_dim));
   std::vector<float> gate(static_cast<size_t>(T * hp.n_ff)), up(static_cast<size_t>(T * hp.n_ff));
-  std::vector<uint16_t> kv16(static_cast<size_t>(std::max(k_dim, v_dim)));
 
   kernels::get_rows(w_.token_embd, batch.tokens, x.data());
   if (hp.embed_scale != 1.0f) kernels::scale(x.data(), hp.embed_scale, T * E);

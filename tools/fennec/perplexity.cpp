@@ -33,8 +33,9 @@ void add_perplexity_command(CLI::App& app) {
       return set_exit_code(1);
     }
     const auto& tok = (*lm)->tokenizer();
-    const bool add_bos = (*lm)->gguf().get_bool_or("tokenizer.ggml.add_bos_token", false);
-    std::vector<int32_t> ids = tok.encode(ss.str(), add_bos, false);
+    // BOS/EOS as the model's tokenizer adds them, special-token text kept as plain text
+    // (llama-perplexity tokenizes the same way).
+    std::vector<int32_t> ids = tok.encode(ss.str(), /*add_special=*/true, /*parse_special=*/false);
     std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
     auto r = engine::perplexity(**lm, ids, ctx, chunks, [](int c, double p) {
       std::fprintf(stderr, "[%d]%.4f,", c + 1, p);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -10,6 +11,7 @@
 
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/vec.h"
+#include "quant/blocks.h"
 #include "quant/dequantize.h"
 
 namespace fennec::kernels {
@@ -60,7 +62,9 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
                         corr.empty() ? nullptr : corr.data() + t * n_blocks);
     x = xr.data();
   }
-  // Q4_1/Q5_1 blocks start with fp16 d then fp16 m; m meets the activation block sum.
+  // The fp16 offset m of a Q4_1/Q5_1 block meets the activation block sum.
+  static_assert(offsetof(quant::BlockQ4_1, m) == offsetof(quant::BlockQ5_1, m));
+  constexpr size_t kMOffset = offsetof(quant::BlockQ4_1, m);
   const int64_t block_bytes = w.row_bytes / std::max<int64_t>(1, n_blocks);
   const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
   pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
@@ -81,7 +85,7 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
             float c = 0;
             for (int64_t b = 0; b < n_blocks; ++b) {
               uint16_t m;
-              std::memcpy(&m, row + b * block_bytes + 2, 2);
+              std::memcpy(&m, row + b * block_bytes + kMOffset, 2);
               c += fp16_to_f32(m) * ct[b];
             }
             yt[r] += c;
