@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -12,7 +13,9 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
+#include "quant/dequantize.h"
 
 namespace fennec::kernels {
 namespace {
@@ -175,6 +178,94 @@ TEST(AttentionKernelTest, PagedMatchesDenseReference) {
               << "window " << window << " q " << i << " head " << h;
         }
       }
+  }
+}
+
+}  // namespace
+}  // namespace fennec::kernels
+
+namespace fennec::kernels {
+namespace {
+
+// Random weight blocks of type t (fp16 scales kept finite and moderate) for n elements.
+std::vector<uint8_t> random_weight_row(formats::GgmlType t, int64_t n, uint32_t seed) {
+  const auto tr = *formats::type_traits(static_cast<uint32_t>(t));
+  std::vector<uint8_t> row(formats::row_bytes(tr, static_cast<uint64_t>(n)));
+  std::mt19937 rng(seed);
+  for (auto& b : row) b = static_cast<uint8_t>(rng());
+  // Overwrite the fp16 scale fields with sane values (their offsets per type).
+  auto put = [&](size_t off, float v) {
+    const uint16_t h = f32_to_fp16(v);
+    std::memcpy(row.data() + off, &h, 2);
+  };
+  std::uniform_real_distribution<float> u(0.001f, 0.05f);
+  const size_t nb = row.size() / tr.type_size;
+  for (size_t b = 0; b < nb; ++b) {
+    const size_t o = b * tr.type_size;
+    switch (t) {
+      case formats::GgmlType::Q4_0:
+      case formats::GgmlType::Q5_0:
+      case formats::GgmlType::Q8_0: put(o, u(rng)); break;
+      case formats::GgmlType::Q4_1:
+      case formats::GgmlType::Q5_1: put(o, u(rng)); put(o + 2, -u(rng) * 8); break;
+      case formats::GgmlType::Q4_K: put(o, u(rng) / 16); put(o + 2, u(rng) / 16); break;
+      case formats::GgmlType::Q6_K: put(o + tr.type_size - 2, u(rng) / 16); break;
+      default: break;
+    }
+  }
+  return row;
+}
+
+// Every integer-dot path gives the same bits as the portable one, and agrees with a double
+// dot of the dequantized weights and the dequantized activations.
+TEST(QuantDotKernelTest, PathsAgreeBitExactlyAndMatchDequantizedReference) {
+  using formats::GgmlType;
+  const int64_t n = 512;
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0,
+                     GgmlType::Q4_K, GgmlType::Q6_K}) {
+    ASSERT_TRUE(has_quant_dot(t));
+    for (uint32_t seed = 0; seed < 8; ++seed) {
+      const auto w = random_weight_row(t, n, 100 + seed);
+      const auto x = random_vec(static_cast<size_t>(n), 200 + seed);
+      const ActFormat af = activation_format(t);
+      std::vector<uint8_t> act(static_cast<size_t>(quantized_act_bytes(af, n)));
+      quantize_act(af, x.data(), act.data(), n);
+      // Independent reference: dequantize both sides (activations via round_activations).
+      std::vector<float> wf(static_cast<size_t>(n)), xr(static_cast<size_t>(n));
+      ASSERT_TRUE(quant::dequantize_row(t, w.data(), wf.data(), n).has_value());
+      round_activations(af, x.data(), xr.data(), n);
+      double ref = 0, mag = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        ref += static_cast<double>(wf[i]) * xr[i];
+        mag += std::fabs(static_cast<double>(wf[i]) * xr[i]);
+      }
+      const QuantDotOps* paths[] = {&quant_dot_ops_scalar(), &quant_dot_ops_avx2()};
+      float results[2];
+      for (int p = 0; p < (detect_simd_level() >= SimdLevel::kAvx2 ? 2 : 1); ++p) {
+        const QuantDotOps& o = *paths[p];
+        float (*fn)(const void*, const void*, int64_t) =
+            t == GgmlType::Q4_0 ? o.q4_0 : t == GgmlType::Q4_1 ? o.q4_1 : t == GgmlType::Q5_0 ? o.q5_0
+            : t == GgmlType::Q5_1 ? o.q5_1 : t == GgmlType::Q8_0 ? o.q8_0 : t == GgmlType::Q4_K ? o.q4_k : o.q6_k;
+        results[p] = fn(w.data(), act.data(), n);
+        // Q8_1's block sum is stored in fp16: allow that rounding on top of float summation.
+        EXPECT_NEAR(results[p], ref, 2e-3 * mag + 1e-6) << formats::type_name(t) << " path " << p;
+      }
+      if (detect_simd_level() >= SimdLevel::kAvx2)
+        EXPECT_EQ(f32_to_bits(results[0]), f32_to_bits(results[1])) << formats::type_name(t) << " seed " << seed;
+    }
+  }
+}
+
+TEST(QuantDotKernelTest, SwigluMatchesLibmWithinUlps) {
+  auto g = random_vec(100, 7, 4.0f), u = random_vec(100, 8);
+  std::vector<float> out(100);
+  for (const QuantDotOps* o : {&quant_dot_ops_scalar(), &quant_dot_ops_avx2()}) {
+    if (o == &quant_dot_ops_avx2() && detect_simd_level() < SimdLevel::kAvx2) continue;
+    o->swiglu(g.data(), u.data(), out.data(), 100);
+    for (int i = 0; i < 100; ++i) {
+      const double ref = g[i] / (1 + std::exp(-static_cast<double>(g[i]))) * u[i];
+      EXPECT_NEAR(out[i], ref, 1e-6 * (std::fabs(ref) + 1e-3)) << i;
+    }
   }
 }
 

@@ -52,23 +52,16 @@ inline int nearest_int(float v) {
   return i;
 }
 
-void round_q8_0(const float* x, float* out, int64_t n, float* sum_correction) {
+void round_q8_0(const float* x, float* out, int64_t n) {
   for (int64_t b = 0; b < n; b += 32) {
     float amax = 0;
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b + j]));
     const float d = amax / 127.0f;
     const float id = amax != 0 ? 127.0f / amax : 0.0f;
     const float dh = fp16_to_f32(f32_to_fp16(d));
-    int sum = 0;
     for (int j = 0; j < 32; ++j) {
       // ggml's x86 path rounds to nearest even (_mm256_round_ps with _MM_ROUND_NEAREST).
-      const float q = std::nearbyint(x[b + j] * id);
-      sum += static_cast<int>(q);
-      out[b + j] = dh * q;
-    }
-    if (sum_correction) {
-      const float s = fp16_to_f32(f32_to_fp16(d * static_cast<float>(sum)));
-      sum_correction[b / 32] = s - dh * static_cast<float>(sum);
+      out[b + j] = dh * std::nearbyint(x[b + j] * id);
     }
   }
 }
@@ -98,7 +91,7 @@ void round_q8_k(const float* x, float* out, int64_t n) {
 
 }  // namespace
 
-void round_activations(ActFormat f, const float* x, float* out, int64_t n, float* sum_correction) {
+void round_activations(ActFormat f, const float* x, float* out, int64_t n) {
   switch (f) {
     case ActFormat::kF32:
       if (out != x) std::copy(x, x + n, out);
@@ -109,8 +102,8 @@ void round_activations(ActFormat f, const float* x, float* out, int64_t n, float
     case ActFormat::kBF16:
       for (int64_t i = 0; i < n; ++i) out[i] = bf16_round(x[i]);
       return;
-    case ActFormat::kQ8_0: round_q8_0(x, out, n, nullptr); return;
-    case ActFormat::kQ8_1: round_q8_0(x, out, n, sum_correction); return;
+    case ActFormat::kQ8_0:
+    case ActFormat::kQ8_1: round_q8_0(x, out, n); return;
     case ActFormat::kQ8_K: round_q8_k(x, out, n); return;
   }
 }

@@ -19,10 +19,6 @@ ActFormat activation_format(formats::GgmlType weight_type);
 int activation_block(ActFormat f);
 
 // x (n values; n a multiple of the block) -> out, rounded through format f. out may equal x.
-// For kQ8_1, `sum_correction` (n/32 values, may be null) receives per block the difference
-// between the stored block sum s = fp16(d * sum(q)) and the sum of the rounded values: the
-// weight's per-block offset m multiplies s, not the rounded values, in ggml's dot product.
-void round_activations(ActFormat f, const float* x, float* out, int64_t n,
-                       float* sum_correction = nullptr);
+void round_activations(ActFormat f, const float* x, float* out, int64_t n);
 
 }  // namespace fennec::kernels

@@ -3,15 +3,14 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
-#include <cstddef>
 #include <cstring>
 #include <vector>
 
 #include "core/float_convert.h"
 
 #include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
-#include "quant/blocks.h"
 #include "quant/dequantize.h"
 
 namespace fennec::kernels {
@@ -48,25 +47,32 @@ void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             int64_t ldy) {
   if (ldy == 0) ldy = w.rows;
-  const VecOps& v = vec_ops();
-  // Round the activations through the format ggml pairs with this weight type, so results
-  // match an 8-bit-activation integer dot product (and llama.cpp) rather than exact f32.
+  const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
   const ActFormat af = activation_format(w.type);
-  std::vector<float> xr, corr;
-  const int64_t n_blocks = w.cols / 32;
-  if (af == ActFormat::kQ8_1) corr.resize(static_cast<size_t>(n_tokens * n_blocks));
+  if (has_quant_dot(w.type)) {
+    // Activations quantized once per token; each weight row meets them in the integer kernel.
+    const int64_t ab = quantized_act_bytes(af, w.cols);
+    std::vector<uint8_t> act(static_cast<size_t>(n_tokens * ab));
+    for (int64_t t = 0; t < n_tokens; ++t) quantize_act(af, x + t * w.cols, act.data() + t * ab, w.cols);
+    pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
+      for (int64_t r = t0 * kRowTile; r < std::min(w.rows, t1 * kRowTile); ++r) {
+        const uint8_t* row = w.data + r * w.row_bytes;
+        for (int64_t tok = 0; tok < n_tokens; ++tok)
+          y[tok * ldy + r] = quant_dot(w.type, row, act.data() + tok * ab, w.cols);
+      }
+    });
+    return;
+  }
+  // Other types: dequantize a tile of rows and take float dots with the activations rounded
+  // through the format ggml pairs with the type, so the result carries the same rounding.
+  const VecOps& v = vec_ops();
+  std::vector<float> xr;
   if (af != ActFormat::kF32) {
     xr.resize(static_cast<size_t>(n_tokens * w.cols));
     for (int64_t t = 0; t < n_tokens; ++t)
-      round_activations(af, x + t * w.cols, xr.data() + t * w.cols, w.cols,
-                        corr.empty() ? nullptr : corr.data() + t * n_blocks);
+      round_activations(af, x + t * w.cols, xr.data() + t * w.cols, w.cols);
     x = xr.data();
   }
-  // The fp16 offset m of a Q4_1/Q5_1 block meets the activation block sum.
-  static_assert(offsetof(quant::BlockQ4_1, m) == offsetof(quant::BlockQ5_1, m));
-  constexpr size_t kMOffset = offsetof(quant::BlockQ4_1, m);
-  const int64_t block_bytes = w.row_bytes / std::max<int64_t>(1, n_blocks);
-  const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
   pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> tile;
     tile.resize(static_cast<size_t>(kRowTile * w.cols));
@@ -78,19 +84,6 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
         const float* xt = x + tok * w.cols;
         float* yt = y + tok * ldy + r0;
         for (int64_t r = 0; r < nr; ++r) yt[r] = v.dot(tile.data() + r * w.cols, xt, w.cols);
-        if (!corr.empty()) {
-          const float* ct = corr.data() + tok * n_blocks;
-          for (int64_t r = 0; r < nr; ++r) {
-            const uint8_t* row = w.data + (r0 + r) * w.row_bytes;
-            float c = 0;
-            for (int64_t b = 0; b < n_blocks; ++b) {
-              uint16_t m;
-              std::memcpy(&m, row + b * block_bytes + kMOffset, 2);
-              c += fp16_to_f32(m) * ct[b];
-            }
-            yt[r] += c;
-          }
-        }
       }
     }
   });
@@ -106,7 +99,7 @@ void rms_norm(const float* x, const float* weight, int64_t n_tokens, int64_t dim
     const float* xt = x + t * dim;
     float* ot = out + t * dim;
     double ss = 0;
-    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xt[i]) * xt[i];
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xt[i] * xt[i]);  // as ggml
     const float s = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
     if (weight)
       for (int64_t i = 0; i < dim; ++i) ot[i] = xt[i] * s * weight[i];
@@ -141,12 +134,7 @@ void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
   }
 }
 
-void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
-}
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) { swiglu(gate, up, out, n); }
 
 void gelu_mul(const float* gate, const float* up, float* out, int64_t n) {
   constexpr float kSqrt2OverPi = 0.79788456080286535588f;

@@ -1,0 +1,47 @@
+// Dot products of quantized weight rows with activations quantized to 8 bits, in the order of
+// operations of ggml's x86 kernels (8 float lanes, each the exact integer sum of 4 products,
+// accumulated block by block with fused multiply-add, then ggml's horizontal sum). Following
+// that order makes fennec's logits equal llama.cpp's, not just close: small models amplify
+// one flipped 8-bit rounding into a different argmax. Integer sums are exact, so only the
+// float steps need to follow ggml.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "formats/ggml_type.h"
+#include "kernels/cpu/activation_quant.h"
+
+namespace fennec::kernels {
+
+// True if weight type t has an integer dot kernel here.
+bool has_quant_dot(formats::GgmlType t);
+
+// Bytes of one activation row of n values in format f (Q8_0, Q8_1 or Q8_K blocks).
+int64_t quantized_act_bytes(ActFormat f, int64_t n);
+// Quantizes n values (a multiple of the block) as ggml's x86 quantize_row_q8_* does.
+void quantize_act(ActFormat f, const float* x, void* out, int64_t n);
+
+// sum_i w[i] * a[i] for one weight row of type t and one quantized activation row (the format
+// activation_format(t) names). n: elements. Requires has_quant_dot(t).
+float quant_dot(formats::GgmlType t, const void* w_row, const void* act, int64_t n);
+
+// out[i] = silu(gate[i]) * up[i] with ggml's exp polynomial on chunks of 16 and libm expf on the
+// tail, as ggml_vec_swiglu_f32 computes it.
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+// Per-ISA tables (quant_dot_scalar.cpp, quant_dot_avx2.cpp); quant_dot() uses the active one.
+struct QuantDotOps {
+  float (*q4_0)(const void*, const void*, int64_t);
+  float (*q4_1)(const void*, const void*, int64_t);
+  float (*q5_0)(const void*, const void*, int64_t);
+  float (*q5_1)(const void*, const void*, int64_t);
+  float (*q8_0)(const void*, const void*, int64_t);
+  float (*q4_k)(const void*, const void*, int64_t);
+  float (*q6_k)(const void*, const void*, int64_t);
+  void (*swiglu)(const float*, const float*, float*, int64_t);
+};
+const QuantDotOps& quant_dot_ops_scalar();
+const QuantDotOps& quant_dot_ops_avx2();
+
+}  // namespace fennec::kernels

@@ -1,0 +1,225 @@
+// Kernel bodies of quant_dot.h, compiled once per ISA (quant_dot_scalar.cpp without FMA
+// instructions, where std::fma is a library call; quant_dot_avx2.cpp with -mavx2 -mfma, where
+// it is one instruction). Same results on both: every float step is spelled out.
+// Included only by those two files.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+
+#include "core/float_convert.h"
+#include "quant/blocks.h"
+
+namespace fennec::kernels::impl {
+
+using quant::BlockQ4_0;
+using quant::BlockQ4_1;
+using quant::BlockQ4K;
+using quant::BlockQ5_0;
+using quant::BlockQ5_1;
+using quant::BlockQ6K;
+using quant::BlockQ8_0;
+using quant::BlockQ8_1;
+using quant::BlockQ8K;
+
+inline float h2f(uint16_t h) { return fp16_to_f32(h); }
+
+// ggml's hsum_float_8: (a0+a4) (a1+a5) (a2+a6) (a3+a7), then pairs across.
+inline float hsum8(const float* a) {
+  const float r0 = a[4] + a[0], r1 = a[5] + a[1], r2 = a[6] + a[2], r3 = a[7] + a[3];
+  return (r0 + r2) + (r1 + r3);
+}
+
+// Lane k of a 32-byte block: the integer sum of elements 4k..4k+3.
+inline void lanes32(const int8_t* qx, const int8_t* qy, int32_t* lane) {
+  for (int k = 0; k < 8; ++k) {
+    int32_t s = 0;
+    for (int j = 0; j < 4; ++j) s += static_cast<int32_t>(qx[4 * k + j]) * qy[4 * k + j];
+    lane[k] = s;
+  }
+}
+
+// Unpacks a 4-bit (plus optional fifth bit) block into 32 signed bytes, element order.
+inline void unpack_nibbles(const uint8_t* qs, const uint8_t* qh, int offset, int8_t* out) {
+  uint32_t hbits = 0;
+  if (qh) std::memcpy(&hbits, qh, 4);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (qs[j] & 15) | (qh ? static_cast<int>((hbits >> j) & 1) << 4 : 0);
+    const int hi = (qs[j] >> 4) | (qh ? static_cast<int>((hbits >> (j + 16)) & 1) << 4 : 0);
+    out[j] = static_cast<int8_t>(lo - offset);
+    out[j + 16] = static_cast<int8_t>(hi - offset);
+  }
+}
+
+template <class Block, int kOffset, bool kHigh>
+inline float dot_legacy_q8_0(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const Block*>(vx);
+  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int8_t qx[32];
+  int32_t lane[8];
+  for (int64_t b = 0; b < n / 32; ++b) {
+    Block blk;
+    std::memcpy(&blk, x + b, sizeof(Block));
+    if constexpr (kHigh)
+      unpack_nibbles(blk.qs, blk.qh, kOffset, qx);
+    else
+      unpack_nibbles(blk.qs, nullptr, kOffset, qx);
+    BlockQ8_0 yb;
+    std::memcpy(&yb, y + b, sizeof(yb));
+    const float d = h2f(blk.d) * h2f(yb.d);
+    lanes32(qx, yb.qs, lane);
+    for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(lane[k]), acc[k]);
+  }
+  return hsum8(acc);
+}
+
+template <class Block, bool kHigh>
+inline float dot_legacy_q8_1(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const Block*>(vx);
+  const auto* y = static_cast<const BlockQ8_1*>(vy);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  float summs = 0;
+  int8_t qx[32];
+  int32_t lane[8];
+  for (int64_t b = 0; b < n / 32; ++b) {
+    Block blk;
+    std::memcpy(&blk, x + b, sizeof(Block));
+    if constexpr (kHigh)
+      unpack_nibbles(blk.qs, blk.qh, 0, qx);
+    else
+      unpack_nibbles(blk.qs, nullptr, 0, qx);
+    BlockQ8_1 yb;
+    std::memcpy(&yb, y + b, sizeof(yb));
+    summs += h2f(blk.m) * h2f(yb.s);
+    const float d = h2f(blk.d) * h2f(yb.d);
+    lanes32(qx, yb.qs, lane);
+    for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(lane[k]), acc[k]);
+  }
+  return hsum8(acc) + summs;
+}
+
+inline float dot_q4_0(const void* x, const void* y, int64_t n) { return dot_legacy_q8_0<BlockQ4_0, 8, false>(x, y, n); }
+inline float dot_q5_0(const void* x, const void* y, int64_t n) { return dot_legacy_q8_0<BlockQ5_0, 16, true>(x, y, n); }
+inline float dot_q4_1(const void* x, const void* y, int64_t n) { return dot_legacy_q8_1<BlockQ4_1, false>(x, y, n); }
+inline float dot_q5_1(const void* x, const void* y, int64_t n) { return dot_legacy_q8_1<BlockQ5_1, true>(x, y, n); }
+
+inline float dot_q8_0(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const BlockQ8_0*>(vx);
+  const auto* y = static_cast<const BlockQ8_0*>(vy);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int32_t lane[8];
+  for (int64_t b = 0; b < n / 32; ++b) {
+    BlockQ8_0 xb, yb;
+    std::memcpy(&xb, x + b, sizeof(xb));
+    std::memcpy(&yb, y + b, sizeof(yb));
+    const float d = h2f(xb.d) * h2f(yb.d);
+    lanes32(xb.qs, yb.qs, lane);
+    for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(lane[k]), acc[k]);
+  }
+  return hsum8(acc);
+}
+
+// The 6-bit scales and mins of a Q4_K/Q5_K block: sc[0..7], mn[0..7].
+inline void unpack_scales_k4(const uint8_t* s, int32_t* sc, int32_t* mn) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      sc[j] = s[j] & 63;
+      mn[j] = s[j + 4] & 63;
+    } else {
+      sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+      mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+  }
+}
+
+inline float dot_q4_k(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const BlockQ4K*>(vx);
+  const auto* y = static_cast<const BlockQ8K*>(vy);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  float acc_m[4] = {0, 0, 0, 0};
+  for (int64_t i = 0; i < n / 256; ++i) {
+    BlockQ4K xb;
+    std::memcpy(&xb, x + i, sizeof(xb));
+    const BlockQ8K& yb = y[i];
+    const float d = yb.d * h2f(xb.d);
+    const float dmin = -yb.d * h2f(xb.dmin);
+    int32_t sc[8], mn[8];
+    unpack_scales_k4(xb.scales, sc, mn);
+    for (int p = 0; p < 4; ++p) {
+      const int32_t s0 = yb.bsums[4 * p] + yb.bsums[4 * p + 1];
+      const int32_t s1 = yb.bsums[4 * p + 2] + yb.bsums[4 * p + 3];
+      const int32_t prod = mn[2 * p] * s0 + mn[2 * p + 1] * s1;
+      acc_m[p] = std::fma(dmin, static_cast<float>(prod), acc_m[p]);
+    }
+    int32_t sumi[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* q4 = xb.qs + 32 * j;
+      const int8_t* q8 = yb.qs + 64 * j;
+      for (int b = 0; b < 32; ++b)
+        sumi[b / 4] += sc[2 * j] * (q4[b] & 15) * q8[b] + sc[2 * j + 1] * (q4[b] >> 4) * q8[32 + b];
+    }
+    for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(sumi[k]), acc[k]);
+  }
+  const float m = (acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]);
+  return hsum8(acc) + m;
+}
+
+inline float dot_q6_k(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const BlockQ6K*>(vx);
+  const auto* y = static_cast<const BlockQ8K*>(vy);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n / 256; ++i) {
+    BlockQ6K xb;
+    std::memcpy(&xb, x + i, sizeof(xb));
+    const BlockQ8K& yb = y[i];
+    const float d = yb.d * h2f(xb.d);
+    int32_t sumi[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j = 0; j < 2; ++j) {
+      const uint8_t* ql = xb.ql + 64 * j;
+      const uint8_t* qh = xb.qh + 32 * j;
+      const int8_t* q8 = yb.qs + 128 * j;
+      const int8_t* sc = xb.scales + 8 * j;
+      for (int b = 0; b < 32; ++b) {
+        const int half = b >= 16;
+        const int q0 = (ql[b] & 15) | ((qh[b] & 3) << 4);
+        const int q1 = (ql[32 + b] & 15) | (((qh[b] >> 2) & 3) << 4);
+        const int q2 = (ql[b] >> 4) | (((qh[b] >> 4) & 3) << 4);
+        const int q3 = (ql[32 + b] >> 4) | (((qh[b] >> 6) & 3) << 4);
+        sumi[b / 4] += sc[0 + half] * q0 * q8[b] + sc[2 + half] * q1 * q8[32 + b] +
+                       sc[4 + half] * q2 * q8[64 + b] + sc[6 + half] * q3 * q8[96 + b];
+      }
+    }
+    // The 6-bit values carry an offset of 32: subtract 32 * scale * (sum of activations).
+    for (int k = 0; k < 8; ++k)
+      sumi[k] -= (yb.bsums[2 * k] * xb.scales[2 * k] + yb.bsums[2 * k + 1] * xb.scales[2 * k + 1]) * 32;
+    for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(sumi[k]), acc[k]);
+  }
+  return hsum8(acc);
+}
+
+// ggml_v_expf: exp by range reduction and a degree-5 polynomial (fused steps as in ggml).
+inline float expf_ggml(float x) {
+  const float r = 0x1.8p23f;
+  const float z = std::fma(x, 0x1.715476p+0f, r);
+  const float nn = z - r;
+  const float b = std::fma(-nn, 0x1.7f7d1cp-20f, std::fma(-nn, 0x1.62e4p-1f, x));
+  const float u = b * b;
+  const float j = std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                                    std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                           u, std::fma(0x1.ffffecp-1f, b, 1.0f));
+  if (nn > 192.0f) return INFINITY;
+  if (nn < -192.0f) return 0.0f;
+  return std::ldexp(j, static_cast<int>(nn));
+}
+
+// ggml_vec_swiglu_f32 on AVX-512: whole chunks of 16 take the polynomial, the tail libm expf.
+// fennec uses this order on every path, so its dispatch paths agree with each other.
+inline void swiglu(const float* g, const float* u, float* out, int64_t n) {
+  const int64_t n16 = n / 16 * 16;
+  int64_t i = 0;
+  for (; i < n16; ++i) out[i] = (g[i] / (1.0f + expf_ggml(-g[i]))) * u[i];
+  for (; i < n; ++i) out[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
+}
+
+}  // namespace fennec::kernels::impl
