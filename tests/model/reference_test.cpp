@@ -55,6 +55,7 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   const auto& topk_lp = ref["topk_logprobs"];
   int agree = 0;
   double max_gap = 0;
+  int first_diff = -1;  // first position whose max logit differs from llama.cpp's (> 1e-4)
   double kl_sum = 0, nll_sum = 0, ref_nll_sum = 0;
   std::vector<float> lsm;
   for (int i = 0; i < n; ++i) {
@@ -64,6 +65,8 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
     for (int v = 1; v < n_vocab; ++v)
       if (row[v] > row[best]) best = v;
     agree += best == top1[static_cast<size_t>(i)];
+    if (first_diff < 0 && std::fabs(row[best] - ref["max_logit"][static_cast<size_t>(i)].get<double>()) > 1e-4)
+      first_diff = i;
     if (best != top1[static_cast<size_t>(i)]) {
       // A disagreement must be a near tie in llama.cpp's own distribution.
       const double gap = topk_lp[static_cast<size_t>(i)][0].get<double>() - topk_lp[static_cast<size_t>(i)][1].get<double>();
@@ -97,6 +100,8 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   // The issue's target is 98% top-1 agreement; fennec reaches 96-97% (SmolLM2) and 94% (Gemma 3)
   // while matching llama.cpp's mean NLL within 0.3%. The remaining gap is open (see the issue
   // notes); these bounds catch regressions: a real bug drops agreement far below them.
+  std::printf("[ reference ] %s: logits equal llama.cpp's (max logit within 1e-4) up to position %d\n", c.model,
+              first_diff < 0 ? n : first_diff);
   std::printf("[ reference ] %s: largest llama.cpp top-1/top-2 log-prob gap where top-1 differs: %.3f\n", c.model, max_gap);
   EXPECT_GE(agree_rate, 0.93);
   EXPECT_LT(mean_kl, 0.01);

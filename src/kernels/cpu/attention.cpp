@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/float_convert.h"
+#include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
 
 namespace fennec::kernels {
@@ -34,64 +35,72 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
   const int64_t v_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_v;
   const VecOps& vo = vec_ops();
 
+  const QuantDotOps& qo = quant_dot_ops();
+  auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+
+  // The arithmetic follows ggml's CPU attention without flash attention (what llama.cpp runs
+  // by default there), so logits match it: Q rounded to fp16 meets the fp16 keys in an f16
+  // dot in ggml's order (below); the softmax takes ggml's exp over chunks of 16 key positions counted from position 0;
+  // the weights are rounded to fp16 and meet V (per output dimension, over key positions) in the
+  // same f16 dot. Masked positions are zeros there, so the padding changes no sum.
   pool.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i0, int64_t i1) {
-    thread_local std::vector<float> keys, values, scores, qh;
-    qh.resize(static_cast<size_t>(p.head_dim_k));
+    thread_local std::vector<float> keys, vt, scores, probs, qh;
     thread_local std::vector<uint16_t> tmp16;
-    tmp16.resize(static_cast<size_t>(std::max(p.head_dim_k, 1)));
+    qh.resize(static_cast<size_t>(p.head_dim_k));
+    tmp16.resize(static_cast<size_t>(std::max(p.head_dim_k, p.head_dim_v)));
     for (int64_t it = i0; it < i1; ++it) {
       const WorkItem& w = items[it];
       const AttnSequence& sq = seqs[w.seq];
+      // llama.cpp's f16 products go through llamafile's GEMM (one fma chain per lane) when
+      // two or more query tokens are evaluated and through ggml_vec_dot_f16 for one. fennec
+      // decides per sequence, so a sequence's result never depends on what shares its batch.
+      float (*dot)(const float*, const float*, int64_t) = sq.n_queries >= 2 ? qo.dot_f16_chain : qo.dot_f16;
       const int32_t first_pos = sq.pos0 + w.q_begin;
       const int32_t last_pos = sq.pos0 + w.q_end - 1;
       const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
       const int32_t n_keys = last_pos + 1 - k_lo;
+      const int64_t n_pad = round_up(last_pos + 1, 64);
       keys.resize(static_cast<size_t>(n_keys) * p.head_dim_k);
-      values.resize(static_cast<size_t>(n_keys) * p.head_dim_v);
-      scores.resize(static_cast<size_t>(n_keys));
-      // Gather this head's keys and values once, converted to f32; all queries of the chunk and
-      // all query heads of the group reuse them.
+      vt.assign(static_cast<size_t>(p.head_dim_v * n_pad), 0.0f);
+      scores.resize(static_cast<size_t>(n_pad));
+      probs.resize(static_cast<size_t>(n_pad));
+      // Gather this head's keys, and its values transposed (dimension-major, absolute key
+      // position), once; all queries of the chunk and all query heads of the group reuse them.
       for (int32_t j = 0; j < n_keys; ++j) {
         const int32_t kp = k_lo + j;
         const int64_t slot =
             static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
         vo.fp16_to_f32(k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
                        keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
-        vo.fp16_to_f32(v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v,
-                       values.data() + static_cast<int64_t>(j) * p.head_dim_v, p.head_dim_v);
+        const uint16_t* vsrc = v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v;
+        for (int e = 0; e < p.head_dim_v; ++e) vt[static_cast<size_t>(e * n_pad + kp)] = fp16_to_f32(vsrc[e]);
       }
       for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
         const int32_t pos = sq.pos0 + qi;
         const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
-        const int32_t j0 = lo - k_lo;
-        const int32_t j1 = pos - k_lo + 1;  // exclusive
+        const int64_t m = round_up(pos + 1, 16);  // softmax row: whole chunks of 16
         const int64_t row = sq.row + qi;
         for (int g = 0; g < group; ++g) {
           const int head = w.kv_head * group + g;
-          // Q meets fp16 keys as fp16 (as ggml's f16 K x f32 Q product rounds it).
           vo.f32_to_fp16(q + row * ldq + static_cast<int64_t>(head) * p.head_dim_k, tmp16.data(), p.head_dim_k);
           vo.fp16_to_f32(tmp16.data(), qh.data(), p.head_dim_k);
-          const float* qv = qh.data();
-          float m = -INFINITY;
-          for (int32_t j = j0; j < j1; ++j) {
-            float s = vo.dot(qv, keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k) * p.scale;
-            if (p.softcap > 0) s = p.softcap * std::tanh(s / p.softcap);
-            scores[j] = s;
-            m = std::max(m, s);
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < m; ++j) {
+            if (j < lo || j > pos) {
+              scores[j] = -INFINITY;
+              continue;
+            }
+            float sc = dot(qh.data(), keys.data() + (j - k_lo) * p.head_dim_k, p.head_dim_k) * p.scale;
+            if (p.softcap > 0) sc = p.softcap * std::tanh(sc / p.softcap);
+            scores[j] = sc;
+            mx = std::max(mx, sc);
           }
-          float sum = 0;
-          for (int32_t j = j0; j < j1; ++j) {
-            scores[j] = std::exp(scores[j] - m);
-            sum += scores[j];
-          }
-          const float inv = 1.0f / sum;
-          // The weights meet fp16 values as fp16 too.
-          for (int32_t j = j0; j < j1; ++j) scores[j] = fp16_to_f32(f32_to_fp16(scores[j] * inv));
+          const double sum = qo.softmax_exp(scores.data(), probs.data(), m, mx);
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int64_t j = 0; j < m; ++j) probs[j] = fp16_to_f32(f32_to_fp16(probs[j] * inv));
+          std::fill(probs.begin() + m, probs.begin() + n_pad, 0.0f);
           float* o = out + row * ldo + static_cast<int64_t>(head) * p.head_dim_v;
-          std::fill(o, o + p.head_dim_v, 0.0f);
-          for (int32_t j = j0; j < j1; ++j)
-            vo.axpy(scores[j], values.data() + static_cast<int64_t>(j) * p.head_dim_v, o,
-                    p.head_dim_v);
+          for (int e = 0; e < p.head_dim_v; ++e) o[e] = dot(probs.data(), vt.data() + e * n_pad, n_pad);
         }
       }
     }

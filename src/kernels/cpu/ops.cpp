@@ -111,15 +111,18 @@ void rms_norm(const float* x, const float* weight, int64_t n_tokens, int64_t dim
 void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
           const int32_t* positions, const RopeParams& p) {
   const int half = p.n_dims / 2;
+  const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_dims));
   std::vector<float> cs(static_cast<size_t>(half) * 2);
   for (int64_t t = 0; t < n_tokens; ++t) {
-    const float pos = static_cast<float>(positions[t]) * p.freq_scale;
+    // theta_i = pos * base^(-2i/n_dims), built by repeated multiplication in float the way
+    // ggml's rope cache is, so the angles carry the same rounding.
+    float theta = static_cast<float>(positions[t]);
     for (int i = 0; i < half; ++i) {
-      // theta_i = pos * base^(-2i/n_dims), as ggml computes it.
-      float theta = pos * std::pow(p.freq_base, -2.0f * static_cast<float>(i) / p.n_dims);
-      if (p.freq_factors) theta /= p.freq_factors[i];
-      cs[2 * i] = std::cos(theta);
-      cs[2 * i + 1] = std::sin(theta);
+      const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
+      const float th = p.freq_scale * (theta / ff);
+      cs[2 * i] = std::cos(th);
+      cs[2 * i + 1] = std::sin(th);
+      theta *= theta_scale;
     }
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + t * ld + static_cast<int64_t>(h) * head_dim;
@@ -127,8 +130,9 @@ void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
         const int a = p.style == RopeStyle::kNormal ? 2 * i : i;
         const int b = p.style == RopeStyle::kNormal ? 2 * i + 1 : i + half;
         const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
-        v[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+        // ggml's rotation as GCC contracts it (x0*c - x1*s and x0*s + x1*c, first product fused).
+        v[a] = std::fma(x0, cs[2 * i], -(x1 * cs[2 * i + 1]));
+        v[b] = std::fma(x0, cs[2 * i + 1], x1 * cs[2 * i]);
       }
     }
   }

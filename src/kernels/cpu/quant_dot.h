@@ -40,7 +40,13 @@ struct QuantDotOps {
   float (*q4_k)(const void*, const void*, int64_t);
   float (*q6_k)(const void*, const void*, int64_t);
   void (*swiglu)(const float*, const float*, float*, int64_t);
+  // Attention pieces (fp16-rounded inputs): ggml's f16 dot and softmax exponentials.
+  float (*dot_f16)(const float*, const float*, int64_t);
+  float (*dot_f16_chain)(const float*, const float*, int64_t);
+  double (*softmax_exp)(const float*, float*, int64_t, float);
 };
+// The table for the active SIMD level.
+const QuantDotOps& quant_dot_ops();
 const QuantDotOps& quant_dot_ops_scalar();
 const QuantDotOps& quant_dot_ops_avx2();
 

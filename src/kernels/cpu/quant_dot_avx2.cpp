@@ -119,7 +119,8 @@ float dot_q8_0(const void* vx, const void* vy, int64_t n) {
 
 const QuantDotOps& quant_dot_ops_avx2() {
   static const QuantDotOps ops{dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1,
-                               dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu};
+                               dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu,
+                               impl::dot_f16, impl::dot_f16_chain, impl::softmax_exp};
   return ops;
 }
 

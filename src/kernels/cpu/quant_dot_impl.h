@@ -213,6 +213,53 @@ inline float expf_ggml(float x) {
   return std::ldexp(j, static_cast<int>(nn));
 }
 
+// _mm512_reduce_add_ps as GCC expands it: halves, quarters, then pairs.
+inline float reduce16(const float* v) {
+  float t3[8], t6[4];
+  for (int i = 0; i < 8; ++i) t3[i] = v[8 + i] + v[i];
+  for (int i = 0; i < 4; ++i) t6[i] = t3[4 + i] + t3[i];
+  return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+
+// ggml_vec_dot_f16 on AVX-512 for values already rounded to fp16: four 16-lane accumulators
+// over steps of 64, combined (0+2)+(1+3), reduced, and the tail added in double.
+inline float dot_f16(const float* a, const float* b, int64_t n) {
+  const int64_t np = n & ~int64_t{63};
+  float acc[4][16] = {};
+  for (int64_t i = 0; i < np; i += 64)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 16; ++l) acc[j][l] = std::fma(a[i + 16 * j + l], b[i + 16 * j + l], acc[j][l]);
+  float x[16];
+  for (int l = 0; l < 16; ++l) x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+  double s = reduce16(x);
+  for (int64_t i = np; i < n; ++i) s += static_cast<double>(a[i] * b[i]);
+  return static_cast<float>(s);
+}
+
+// llamafile tinyBLAS on AVX-512 (fp16 A and B): one 16-lane fma chain over k, then reduced.
+inline float dot_f16_chain(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  for (int64_t i = 0; i < n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] = std::fma(a[i + l], b[i + l], acc[l]);
+  return reduce16(acc);
+}
+
+// ggml_vec_soft_max_f32 on AVX-512: y = exp(x - max) by the polynomial over whole chunks of 16
+// (libm expf on the tail); returns the sum, each chunk reduced in float and added in double.
+inline double softmax_exp(const float* x, float* y, int64_t n, float max) {
+  double sum = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int l = 0; l < 16; ++l) y[i + l] = expf_ggml(x[i + l] - max);
+    sum += reduce16(y + i);
+  }
+  for (; i < n; ++i) {
+    y[i] = std::exp(x[i] - max);
+    sum += y[i];
+  }
+  return sum;
+}
+
 // ggml_vec_swiglu_f32 on AVX-512: whole chunks of 16 take the polynomial, the tail libm expf.
 // fennec uses this order on every path, so its dispatch paths agree with each other.
 inline void swiglu(const float* g, const float* u, float* out, int64_t n) {

@@ -12,15 +12,14 @@ using formats::GgmlType;
 
 const QuantDotOps& quant_dot_ops_scalar() {
   static const QuantDotOps ops{impl::dot_q4_0, impl::dot_q4_1, impl::dot_q5_0, impl::dot_q5_1,
-                               impl::dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu};
+                               impl::dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu,
+                               impl::dot_f16, impl::dot_f16_chain, impl::softmax_exp};
   return ops;
 }
 
-namespace {
-const QuantDotOps& active_ops() {
+const QuantDotOps& quant_dot_ops() {
   return active_simd_level() >= SimdLevel::kAvx2 ? quant_dot_ops_avx2() : quant_dot_ops_scalar();
 }
-}  // namespace
 
 bool has_quant_dot(GgmlType t) {
   switch (t) {
@@ -116,7 +115,7 @@ void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
 }
 
 float quant_dot(GgmlType t, const void* w, const void* a, int64_t n) {
-  const QuantDotOps& o = active_ops();
+  const QuantDotOps& o = quant_dot_ops();
   switch (t) {
     case GgmlType::Q4_0: return o.q4_0(w, a, n);
     case GgmlType::Q4_1: return o.q4_1(w, a, n);
@@ -129,6 +128,6 @@ float quant_dot(GgmlType t, const void* w, const void* a, int64_t n) {
   }
 }
 
-void swiglu(const float* gate, const float* up, float* out, int64_t n) { active_ops().swiglu(gate, up, out, n); }
+void swiglu(const float* gate, const float* up, float* out, int64_t n) { quant_dot_ops().swiglu(gate, up, out, n); }
 
 }  // namespace fennec::kernels
