@@ -16,6 +16,7 @@ Expected<std::unique_ptr<Model>> load_gemma3(std::shared_ptr<const formats::Gguf
   hp->act = Activation::kGeluTanh;
   hp->qk_norm = true;
   hp->post_norms = true;
+  hp->scale_q_first = true;
   hp->embed_scale = std::sqrt(static_cast<float>(hp->n_embd));
   hp->norm_eps = static_cast<float>(l.arch_float_or("attention.layer_norm_rms_epsilon", 1e-6));
   hp->rope_base_local = static_cast<float>(l.arch_float_or("rope.freq_base_swa", 10000.0));

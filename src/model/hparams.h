@@ -31,6 +31,7 @@ struct HParams {
   float rope_base_local = 10000.f;   // sliding-window layers (Gemma 3)
   float rope_freq_scale = 1.0f;      // linear rope scaling (global layers)
   float attn_scale = 0.f;            // 0: 1/sqrt(head_dim_k)
+  bool scale_q_first = false;        // multiply Q by attn_scale before attention (Gemma), not q.k
   float embed_scale = 1.0f;          // Gemma: sqrt(n_embd)
   float attn_softcap = 0.f;
   float final_softcap = 0.f;

@@ -248,6 +248,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     rp.freq_factors = swa ? nullptr : w_.rope_freqs;
     kernels::rope(q.data(), T, q_dim, hp.n_heads, hp.head_dim_k, positions.data(), rp);
     kernels::rope(k.data(), T, k_dim, hp.n_kv_heads, hp.head_dim_k, positions.data(), rp);
+    if (hp.scale_q_first) kernels::scale(q.data(), attn_scale, T * q_dim);
 
     // Store this step's K and V (fp16) in the sequences' blocks.
     uint16_t* kc = kv.k_layer(il);
@@ -270,7 +271,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     ap.head_dim_k = hp.head_dim_k;
     ap.head_dim_v = hp.head_dim_v;
     ap.block_size = ks.block_size;
-    ap.scale = attn_scale;
+    ap.scale = hp.scale_q_first ? 1.0f : attn_scale;
     ap.window = swa ? hp.sliding_window : 0;
     ap.softcap = hp.attn_softcap;
     kernels::paged_attention(q.data(), q_dim, aseq.data(), static_cast<int>(aseq.size()), kc, vc, ap,

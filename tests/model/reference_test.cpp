@@ -19,6 +19,7 @@ namespace {
 struct Case {
   const char* model;
   const char* fixture;
+  double min_agreement;  // top-1 agreement this model must reach
 };
 
 class ReferenceTest : public ::testing::TestWithParam<Case> {};
@@ -97,13 +98,13 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   const double mean_nll = nll_sum / (n - 1), ref_mean_nll = ref_nll_sum / (n - 1);
   std::printf("[ reference ] %s: top-1 agreement %.2f%% (%d/%d), mean KL(top-32+tail) %.6f, mean NLL %.5f vs llama.cpp %.5f\n",
               c.model, 100 * agree_rate, agree, n, mean_kl, mean_nll, ref_mean_nll);
-  // The issue's target is 98% top-1 agreement; fennec reaches 96-97% (SmolLM2) and 94% (Gemma 3)
-  // while matching llama.cpp's mean NLL within 0.3%. The remaining gap is open (see the issue
-  // notes); these bounds catch regressions: a real bug drops agreement far below them.
   std::printf("[ reference ] %s: logits equal llama.cpp's (max logit within 1e-4) up to position %d\n", c.model,
               first_diff < 0 ? n : first_diff);
   std::printf("[ reference ] %s: largest llama.cpp top-1/top-2 log-prob gap where top-1 differs: %.3f\n", c.model, max_gap);
-  EXPECT_GE(agree_rate, 0.93);
+  // fennec follows ggml's order of operations: SmolLM2 matches llama.cpp bit for bit (the
+  // issue's target is 98%). Gemma 3 still parts after a few positions (see the issue notes),
+  // so it keeps a regression bound until that is found.
+  EXPECT_GE(agree_rate, c.min_agreement);
   EXPECT_LT(mean_kl, 0.01);
   EXPECT_NEAR(mean_nll, ref_mean_nll, 0.01 * ref_mean_nll);
 
@@ -128,8 +129,8 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest,
-                         ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m"},
-                                           Case{test::kGemma3, "teacher_gemma3-270m"}),
+                         ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m", 0.98},
+                                           Case{test::kGemma3, "teacher_gemma3-270m", 0.93}),
                          [](const auto& info) { return std::string(info.param.fixture).substr(8, 6); });
 
 }  // namespace

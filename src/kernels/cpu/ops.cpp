@@ -140,11 +140,38 @@ void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) { swiglu(gate, up, out, n); }
 
+namespace {
+
+// GELU (tanh form) of every fp16 value, rounded to fp16, as ggml's table holds it.
+const std::vector<float>& gelu_fp16_table() {
+  static const std::vector<float> table = [] {
+    constexpr float kSqrt2OverPi = 0.79788456080286535587989211986876f;
+    constexpr float kCoefA = 0.044715f;
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      const float x = fp16_to_f32(static_cast<uint16_t>(i));
+      const float g = 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + kCoefA * x * x)));
+      t[i] = fp16_to_f32(f32_to_fp16(g));
+    }
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace
+
 void gelu_mul(const float* gate, const float* up, float* out, int64_t n) {
-  constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+  // ggml_vec_geglu_f32: GELU looked up by the fp16 rounding of the input, saturated outside
+  // [-10, 10].
+  const std::vector<float>& table = gelu_fp16_table();
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * g * (1.0f + 0.044715f * g * g))) * up[i];
+    if (g <= -10.0f)
+      out[i] = 0.0f;
+    else if (g >= 10.0f)
+      out[i] = g * up[i];
+    else
+      out[i] = table[f32_to_fp16(g)] * up[i];
   }
 }
 
