@@ -43,7 +43,9 @@ TEST(VecKernelTest, DotAndAxpyAgreeWithReferenceOnEveryPath) {
     double ref = 0;
     for (int64_t i = 0; i < n; ++i) ref += static_cast<double>(a[i]) * b[i];
     for (const VecOps* v : available_paths()) {
-      EXPECT_NEAR(v->dot(a.data(), b.data(), n), ref, 1e-5 * std::sqrt(static_cast<double>(n)) + 1e-6) << n;
+      EXPECT_NEAR(v->dot(a.data(), b.data(), n), ref,
+                  1e-5 * std::sqrt(static_cast<double>(n)) + 1e-6)
+          << n;
       std::vector<float> y(b);
       v->axpy(0.5f, a.data(), y.data(), n);
       for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[i], b[i] + 0.5f * a[i]);
@@ -54,7 +56,7 @@ TEST(VecKernelTest, DotAndAxpyAgreeWithReferenceOnEveryPath) {
 TEST(VecKernelTest, Fp16ConversionsAreExactOnEveryPath) {
   auto x = random_vec(1000, 3, 100.0f);
   x.push_back(65504.0f);
-  x.push_back(1e-7f);   // fp16 subnormal
+  x.push_back(1e-7f);  // fp16 subnormal
   x.push_back(-0.0f);
   for (const VecOps* v : available_paths()) {
     std::vector<uint16_t> h(x.size());
@@ -80,7 +82,8 @@ TEST(OpsKernelTest, MatmulF32MatchesNaive) {
   for (int64_t t = 0; t < n_tok; ++t)
     for (int64_t r = 0; r < rows; ++r) {
       double ref = 0;
-      for (int64_t c = 0; c < cols; ++c) ref += static_cast<double>(w[r * cols + c]) * x[t * cols + c];
+      for (int64_t c = 0; c < cols; ++c)
+        ref += static_cast<double>(w[r * cols + c]) * x[t * cols + c];
       EXPECT_NEAR(y[t * rows + r], ref, 1e-4);
     }
 }
@@ -136,8 +139,10 @@ TEST(AttentionKernelTest, PagedMatchesDenseReference) {
     for (int p = 0; p < n_pos; ++p)
       for (int i = 0; i < n_kv * hd; ++i) {
         const int64_t slot = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
-        kc[static_cast<size_t>(slot * n_kv * hd + i)] = f32_to_fp16(keys[static_cast<size_t>(p * n_kv * hd + i)]);
-        vc[static_cast<size_t>(slot * n_kv * hd + i)] = f32_to_fp16(vals[static_cast<size_t>(p * n_kv * hd + i)]);
+        kc[static_cast<size_t>(slot * n_kv * hd + i)] =
+            f32_to_fp16(keys[static_cast<size_t>(p * n_kv * hd + i)]);
+        vc[static_cast<size_t>(slot * n_kv * hd + i)] =
+            f32_to_fp16(vals[static_cast<size_t>(p * n_kv * hd + i)]);
       }
     auto q = random_vec(static_cast<size_t>(n_q * n_heads * hd), 30);
     AttnSequence s{0, n_q, pos0, table.data()};
@@ -150,7 +155,8 @@ TEST(AttentionKernelTest, PagedMatchesDenseReference) {
     ap.window = window;
     std::vector<float> out(static_cast<size_t>(n_q * n_heads * hd));
     ThreadPool pool(2);
-    paged_attention(q.data(), n_heads * hd, &s, 1, kc.data(), vc.data(), ap, out.data(), n_heads * hd, pool);
+    paged_attention(q.data(), n_heads * hd, &s, 1, kc.data(), vc.data(), ap, out.data(),
+                    n_heads * hd, pool);
     for (int i = 0; i < n_q; ++i)
       for (int h = 0; h < n_heads; ++h) {
         const int kvh = h / (n_heads / n_kv);
@@ -205,12 +211,23 @@ std::vector<uint8_t> random_weight_row(formats::GgmlType t, int64_t n, uint32_t 
     switch (t) {
       case formats::GgmlType::Q4_0:
       case formats::GgmlType::Q5_0:
-      case formats::GgmlType::Q8_0: put(o, u(rng)); break;
+      case formats::GgmlType::Q8_0:
+        put(o, u(rng));
+        break;
       case formats::GgmlType::Q4_1:
-      case formats::GgmlType::Q5_1: put(o, u(rng)); put(o + 2, -u(rng) * 8); break;
-      case formats::GgmlType::Q4_K: put(o, u(rng) / 16); put(o + 2, u(rng) / 16); break;
-      case formats::GgmlType::Q6_K: put(o + tr.type_size - 2, u(rng) / 16); break;
-      default: break;
+      case formats::GgmlType::Q5_1:
+        put(o, u(rng));
+        put(o + 2, -u(rng) * 8);
+        break;
+      case formats::GgmlType::Q4_K:
+        put(o, u(rng) / 16);
+        put(o + 2, u(rng) / 16);
+        break;
+      case formats::GgmlType::Q6_K:
+        put(o + tr.type_size - 2, u(rng) / 16);
+        break;
+      default:
+        break;
     }
   }
   return row;
@@ -222,38 +239,47 @@ TEST(QuantDotKernelTest, PathsAgreeBitExactlyAndMatchDequantizedReference) {
   using formats::GgmlType;
   const int64_t n = 512;
   for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0,
-                     GgmlType::Q4_K, GgmlType::Q6_K}) {
-    ASSERT_TRUE(has_quant_dot(t));
-    for (uint32_t seed = 0; seed < 8; ++seed) {
-      const auto w = random_weight_row(t, n, 100 + seed);
-      const auto x = random_vec(static_cast<size_t>(n), 200 + seed);
-      const ActFormat af = activation_format(t);
-      std::vector<uint8_t> act(static_cast<size_t>(quantized_act_bytes(af, n)));
-      quantize_act(af, x.data(), act.data(), n);
-      // Independent reference: dequantize both sides (activations via round_activations).
-      std::vector<float> wf(static_cast<size_t>(n)), xr(static_cast<size_t>(n));
-      ASSERT_TRUE(quant::dequantize_row(t, w.data(), wf.data(), n).has_value());
-      round_activations(af, x.data(), xr.data(), n);
-      double ref = 0, mag = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        ref += static_cast<double>(wf[i]) * xr[i];
-        mag += std::fabs(static_cast<double>(wf[i]) * xr[i]);
+                     GgmlType::Q4_K, GgmlType::Q6_K})
+    for (int64_t rows : {1, 8}) {  // Q4_K: a multiple of 8 rows takes the repacked order
+      ASSERT_TRUE(has_quant_dot(t));
+      for (uint32_t seed = 0; seed < 8; ++seed) {
+        const auto w = random_weight_row(t, n, 100 + seed);
+        const auto x = random_vec(static_cast<size_t>(n), 200 + seed);
+        const ActFormat af = activation_format(t);
+        std::vector<uint8_t> act(static_cast<size_t>(quantized_act_bytes(af, n)));
+        quantize_act(af, x.data(), act.data(), n);
+        // Independent reference: dequantize both sides (activations via round_activations).
+        std::vector<float> wf(static_cast<size_t>(n)), xr(static_cast<size_t>(n));
+        ASSERT_TRUE(quant::dequantize_row(t, w.data(), wf.data(), n).has_value());
+        round_activations(af, x.data(), xr.data(), n);
+        double ref = 0, mag = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          ref += static_cast<double>(wf[i]) * xr[i];
+          mag += std::fabs(static_cast<double>(wf[i]) * xr[i]);
+        }
+        const QuantDotOps* paths[] = {&quant_dot_ops_scalar(), &quant_dot_ops_avx2()};
+        float results[2];
+        for (int p = 0; p < (detect_simd_level() >= SimdLevel::kAvx2 ? 2 : 1); ++p) {
+          const QuantDotOps& o = *paths[p];
+          float (*fn)(const void*, const void*, int64_t) =
+              t == GgmlType::Q4_0   ? o.q4_0
+              : t == GgmlType::Q4_1 ? o.q4_1
+              : t == GgmlType::Q5_0 ? o.q5_0
+              : t == GgmlType::Q5_1 ? o.q5_1
+              : t == GgmlType::Q8_0 ? o.q8_0
+              : t == GgmlType::Q4_K ? (rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k)
+                                    : o.q6_k;
+          results[p] = fn(w.data(), act.data(), n);
+          // Q8_1's block sum is stored in fp16: allow that rounding on top of float summation.
+          EXPECT_NEAR(results[p], ref, 2e-3 * mag + 1e-6) << formats::type_name(t) << " path " << p;
+        }
+        if (detect_simd_level() >= SimdLevel::kAvx2)
+          EXPECT_EQ(f32_to_bits(results[0]), f32_to_bits(results[1]))
+              << formats::type_name(t) << " seed " << seed;
+        EXPECT_EQ(f32_to_bits(quant_dot_fn(t, rows)(w.data(), act.data(), n)),
+                  f32_to_bits(results[detect_simd_level() >= SimdLevel::kAvx2 ? 1 : 0]));
       }
-      const QuantDotOps* paths[] = {&quant_dot_ops_scalar(), &quant_dot_ops_avx2()};
-      float results[2];
-      for (int p = 0; p < (detect_simd_level() >= SimdLevel::kAvx2 ? 2 : 1); ++p) {
-        const QuantDotOps& o = *paths[p];
-        float (*fn)(const void*, const void*, int64_t) =
-            t == GgmlType::Q4_0 ? o.q4_0 : t == GgmlType::Q4_1 ? o.q4_1 : t == GgmlType::Q5_0 ? o.q5_0
-            : t == GgmlType::Q5_1 ? o.q5_1 : t == GgmlType::Q8_0 ? o.q8_0 : t == GgmlType::Q4_K ? o.q4_k : o.q6_k;
-        results[p] = fn(w.data(), act.data(), n);
-        // Q8_1's block sum is stored in fp16: allow that rounding on top of float summation.
-        EXPECT_NEAR(results[p], ref, 2e-3 * mag + 1e-6) << formats::type_name(t) << " path " << p;
-      }
-      if (detect_simd_level() >= SimdLevel::kAvx2)
-        EXPECT_EQ(f32_to_bits(results[0]), f32_to_bits(results[1])) << formats::type_name(t) << " seed " << seed;
     }
-  }
 }
 
 TEST(QuantDotKernelTest, SwigluMatchesLibmWithinUlps) {

@@ -40,9 +40,10 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
 
   // The arithmetic follows ggml's CPU attention without flash attention (what llama.cpp runs
   // by default there), so logits match it: Q rounded to fp16 meets the fp16 keys in an f16
-  // dot in ggml's order (below); the softmax takes ggml's exp over chunks of 16 key positions counted from position 0;
-  // the weights are rounded to fp16 and meet V (per output dimension, over key positions) in the
-  // same f16 dot. Masked positions are zeros there, so the padding changes no sum.
+  // dot in ggml's order (below); the softmax takes ggml's exp over chunks of 16 key positions
+  // counted from position 0; the weights are rounded to fp16 and meet V (per output dimension, over
+  // key positions) in the same f16 dot. Masked positions are zeros there, so the padding changes no
+  // sum.
   pool.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i0, int64_t i1) {
     thread_local std::vector<float> keys, vt, scores, probs, qh;
     thread_local std::vector<uint16_t> tmp16;
@@ -54,7 +55,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
       // llama.cpp's f16 products go through llamafile's GEMM (one fma chain per lane) when
       // two or more query tokens are evaluated and through ggml_vec_dot_f16 for one. fennec
       // decides per sequence, so a sequence's result never depends on what shares its batch.
-      float (*dot)(const float*, const float*, int64_t) = sq.n_queries >= 2 ? qo.dot_f16_chain : qo.dot_f16;
+      float (*dot)(const float*, const float*, int64_t) =
+          sq.n_queries >= 2 ? qo.dot_f16_chain : qo.dot_f16;
       const int32_t first_pos = sq.pos0 + w.q_begin;
       const int32_t last_pos = sq.pos0 + w.q_end - 1;
       const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
@@ -69,11 +71,14 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
       for (int32_t j = 0; j < n_keys; ++j) {
         const int32_t kp = k_lo + j;
         const int64_t slot =
-            static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+            static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size +
+            kp % p.block_size;
         vo.fp16_to_f32(k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
                        keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
-        const uint16_t* vsrc = v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v;
-        for (int e = 0; e < p.head_dim_v; ++e) vt[static_cast<size_t>(e * n_pad + kp)] = fp16_to_f32(vsrc[e]);
+        const uint16_t* vsrc =
+            v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v;
+        for (int e = 0; e < p.head_dim_v; ++e)
+          vt[static_cast<size_t>(e * n_pad + kp)] = fp16_to_f32(vsrc[e]);
       }
       for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
         const int32_t pos = sq.pos0 + qi;
@@ -82,7 +87,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
         const int64_t row = sq.row + qi;
         for (int g = 0; g < group; ++g) {
           const int head = w.kv_head * group + g;
-          vo.f32_to_fp16(q + row * ldq + static_cast<int64_t>(head) * p.head_dim_k, tmp16.data(), p.head_dim_k);
+          vo.f32_to_fp16(q + row * ldq + static_cast<int64_t>(head) * p.head_dim_k, tmp16.data(),
+                         p.head_dim_k);
           vo.fp16_to_f32(tmp16.data(), qh.data(), p.head_dim_k);
           float mx = -INFINITY;
           for (int64_t j = 0; j < m; ++j) {
@@ -90,7 +96,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
               scores[j] = -INFINITY;
               continue;
             }
-            float sc = dot(qh.data(), keys.data() + (j - k_lo) * p.head_dim_k, p.head_dim_k) * p.scale;
+            float sc =
+                dot(qh.data(), keys.data() + (j - k_lo) * p.head_dim_k, p.head_dim_k) * p.scale;
             if (p.softcap > 0) sc = p.softcap * std::tanh(sc / p.softcap);
             scores[j] = sc;
             mx = std::max(mx, sc);
@@ -100,7 +107,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
           for (int64_t j = 0; j < m; ++j) probs[j] = fp16_to_f32(f32_to_fp16(probs[j] * inv));
           std::fill(probs.begin() + m, probs.begin() + n_pad, 0.0f);
           float* o = out + row * ldo + static_cast<int64_t>(head) * p.head_dim_v;
-          for (int e = 0; e < p.head_dim_v; ++e) o[e] = dot(probs.data(), vt.data() + e * n_pad, n_pad);
+          for (int e = 0; e < p.head_dim_v; ++e)
+            o[e] = dot(probs.data(), vt.data() + e * n_pad, n_pad);
         }
       }
     }

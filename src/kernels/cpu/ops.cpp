@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "core/float_convert.h"
-
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
@@ -35,8 +34,8 @@ void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
     return;
   }
   for (int64_t r = 0; r < n; ++r) {
-    Status s = quant::dequantize_row(w.type, w.data + (r0 + r) * w.row_bytes, out + r * w.cols,
-                                     w.cols);
+    Status s =
+        quant::dequantize_row(w.type, w.data + (r0 + r) * w.row_bytes, out + r * w.cols, w.cols);
     assert(s.has_value());
     (void)s;
   }
@@ -53,12 +52,14 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
     // Activations quantized once per token; each weight row meets them in the integer kernel.
     const int64_t ab = quantized_act_bytes(af, w.cols);
     std::vector<uint8_t> act(static_cast<size_t>(n_tokens * ab));
-    for (int64_t t = 0; t < n_tokens; ++t) quantize_act(af, x + t * w.cols, act.data() + t * ab, w.cols);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      quantize_act(af, x + t * w.cols, act.data() + t * ab, w.cols);
+    const QuantDotFn dot = quant_dot_fn(w.type, w.rows);
     pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
       for (int64_t r = t0 * kRowTile; r < std::min(w.rows, t1 * kRowTile); ++r) {
         const uint8_t* row = w.data + r * w.row_bytes;
         for (int64_t tok = 0; tok < n_tokens; ++tok)
-          y[tok * ldy + r] = quant_dot(w.type, row, act.data() + tok * ab, w.cols);
+          y[tok * ldy + r] = dot(row, act.data() + tok * ab, w.cols);
       }
     });
     return;
@@ -138,7 +139,9 @@ void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
   }
 }
 
-void silu_mul(const float* gate, const float* up, float* out, int64_t n) { swiglu(gate, up, out, n); }
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  swiglu(gate, up, out, n);
+}
 
 namespace {
 

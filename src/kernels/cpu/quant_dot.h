@@ -26,6 +26,11 @@ void quantize_act(ActFormat f, const float* x, void* out, int64_t n);
 // activation_format(t) names). n: elements. Requires has_quant_dot(t).
 float quant_dot(formats::GgmlType t, const void* w_row, const void* act, int64_t n);
 
+// The same for a row of a matrix with `rows` rows: Q4_K matrices whose row count is a multiple
+// of 8 take the order of llama.cpp's repacked Q4_K kernels, which it uses for them by default.
+using QuantDotFn = float (*)(const void*, const void*, int64_t);
+QuantDotFn quant_dot_fn(formats::GgmlType t, int64_t rows);
+
 // out[i] = silu(gate[i]) * up[i] with ggml's exp polynomial on chunks of 16 and libm expf on the
 // tail, as ggml_vec_swiglu_f32 computes it.
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
@@ -38,6 +43,7 @@ struct QuantDotOps {
   float (*q5_1)(const void*, const void*, int64_t);
   float (*q8_0)(const void*, const void*, int64_t);
   float (*q4_k)(const void*, const void*, int64_t);
+  float (*q4_k_8x8)(const void*, const void*, int64_t);
   float (*q6_k)(const void*, const void*, int64_t);
   void (*swiglu)(const float*, const float*, float*, int64_t);
   // Attention pieces (fp16-rounded inputs): ggml's f16 dot and softmax exponentials.

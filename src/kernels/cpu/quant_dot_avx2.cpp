@@ -58,7 +58,8 @@ float dot_q4_0(const void* vx, const void* vy, int64_t n) {
   for (int64_t b = 0; b < n / 32; ++b) {
     const float d = h2f(x[b].d) * h2f(y[b].d);
     const __m256i qx = _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_ss(qx, load32(y[b].qs))), acc);
+    acc =
+        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_ss(qx, load32(y[b].qs))), acc);
   }
   return hsum8(acc);
 }
@@ -70,9 +71,11 @@ float dot_q5_0(const void* vx, const void* vy, int64_t n) {
   for (int64_t b = 0; b < n / 32; ++b) {
     const float d = h2f(x[b].d) * h2f(y[b].d);
     // Without the fifth bit the value is nibble - 16: set the high nibble to 0xF.
-    const __m256i hi = _mm256_andnot_si256(bits32(x[b].qh), _mm256_set1_epi8(static_cast<char>(0xF0)));
+    const __m256i hi =
+        _mm256_andnot_si256(bits32(x[b].qh), _mm256_set1_epi8(static_cast<char>(0xF0)));
     const __m256i qx = _mm256_or_si256(nibbles32(x[b].qs), hi);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_ss(qx, load32(y[b].qs))), acc);
+    acc =
+        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_ss(qx, load32(y[b].qs))), acc);
   }
   return hsum8(acc);
 }
@@ -85,7 +88,8 @@ float dot_q4_1(const void* vx, const void* vy, int64_t n) {
   for (int64_t b = 0; b < n / 32; ++b) {
     summs += h2f(x[b].m) * h2f(y[b].s);
     const float d = h2f(x[b].d) * h2f(y[b].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_us(nibbles32(x[b].qs), load32(y[b].qs))), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
+                          _mm256_cvtepi32_ps(lanes_us(nibbles32(x[b].qs), load32(y[b].qs))), acc);
   }
   return hsum8(acc) + summs;
 }
@@ -98,8 +102,10 @@ float dot_q5_1(const void* vx, const void* vy, int64_t n) {
   for (int64_t b = 0; b < n / 32; ++b) {
     summs += h2f(x[b].m) * h2f(y[b].s);
     const float d = h2f(x[b].d) * h2f(y[b].d);
-    const __m256i qx = _mm256_or_si256(nibbles32(x[b].qs), _mm256_and_si256(bits32(x[b].qh), _mm256_set1_epi8(0x10)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_us(qx, load32(y[b].qs))), acc);
+    const __m256i qx = _mm256_or_si256(nibbles32(x[b].qs),
+                                       _mm256_and_si256(bits32(x[b].qh), _mm256_set1_epi8(0x10)));
+    acc =
+        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_us(qx, load32(y[b].qs))), acc);
   }
   return hsum8(acc) + summs;
 }
@@ -110,7 +116,8 @@ float dot_q8_0(const void* vx, const void* vy, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / 32; ++b) {
     const float d = h2f(x[b].d) * h2f(y[b].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes_ss(load32(x[b].qs), load32(y[b].qs))), acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d),
+                          _mm256_cvtepi32_ps(lanes_ss(load32(x[b].qs), load32(y[b].qs))), acc);
   }
   return hsum8(acc);
 }
@@ -118,9 +125,18 @@ float dot_q8_0(const void* vx, const void* vy, int64_t n) {
 }  // namespace
 
 const QuantDotOps& quant_dot_ops_avx2() {
-  static const QuantDotOps ops{dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1,
-                               dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu,
-                               impl::dot_f16, impl::dot_f16_chain, impl::softmax_exp};
+  static const QuantDotOps ops{dot_q4_0,
+                               dot_q4_1,
+                               dot_q5_0,
+                               dot_q5_1,
+                               dot_q8_0,
+                               impl::dot_q4_k,
+                               impl::dot_q4_k_8x8,
+                               impl::dot_q6_k,
+                               impl::swiglu,
+                               impl::dot_f16,
+                               impl::dot_f16_chain,
+                               impl::softmax_exp};
   return ops;
 }
 

@@ -99,10 +99,18 @@ inline float dot_legacy_q8_1(const void* vx, const void* vy, int64_t n) {
   return hsum8(acc) + summs;
 }
 
-inline float dot_q4_0(const void* x, const void* y, int64_t n) { return dot_legacy_q8_0<BlockQ4_0, 8, false>(x, y, n); }
-inline float dot_q5_0(const void* x, const void* y, int64_t n) { return dot_legacy_q8_0<BlockQ5_0, 16, true>(x, y, n); }
-inline float dot_q4_1(const void* x, const void* y, int64_t n) { return dot_legacy_q8_1<BlockQ4_1, false>(x, y, n); }
-inline float dot_q5_1(const void* x, const void* y, int64_t n) { return dot_legacy_q8_1<BlockQ5_1, true>(x, y, n); }
+inline float dot_q4_0(const void* x, const void* y, int64_t n) {
+  return dot_legacy_q8_0<BlockQ4_0, 8, false>(x, y, n);
+}
+inline float dot_q5_0(const void* x, const void* y, int64_t n) {
+  return dot_legacy_q8_0<BlockQ5_0, 16, true>(x, y, n);
+}
+inline float dot_q4_1(const void* x, const void* y, int64_t n) {
+  return dot_legacy_q8_1<BlockQ4_1, false>(x, y, n);
+}
+inline float dot_q5_1(const void* x, const void* y, int64_t n) {
+  return dot_legacy_q8_1<BlockQ5_1, true>(x, y, n);
+}
 
 inline float dot_q8_0(const void* vx, const void* vy, int64_t n) {
   const auto* x = static_cast<const BlockQ8_0*>(vx);
@@ -165,6 +173,37 @@ inline float dot_q4_k(const void* vx, const void* vy, int64_t n) {
   return hsum8(acc) + m;
 }
 
+// Q4_K in the order of llama.cpp's repacked kernels (q4_K_8x8 gemv/gemm on x86), which it uses
+// by default for Q4_K matrices whose row count is a multiple of 8: per super-block one exact
+// integer sum for the scales and one for the mins, each accumulated by its own fma chain.
+inline float dot_q4_k_8x8(const void* vx, const void* vy, int64_t n) {
+  const auto* x = static_cast<const BlockQ4K*>(vx);
+  const auto* y = static_cast<const BlockQ8K*>(vy);
+  float acc = 0, acc_min = 0;
+  for (int64_t i = 0; i < n / 256; ++i) {
+    BlockQ4K xb;
+    std::memcpy(&xb, x + i, sizeof(xb));
+    const BlockQ8K& yb = y[i];
+    int32_t sc[8], mn[8];
+    unpack_scales_k4(xb.scales, sc, mn);
+    int32_t isum = 0, imin = 0;
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* q4 = xb.qs + 32 * j;
+      const int8_t* q8 = yb.qs + 64 * j;
+      int32_t lo = 0, hi = 0;
+      for (int b = 0; b < 32; ++b) {
+        lo += (q4[b] & 15) * q8[b];
+        hi += (q4[b] >> 4) * q8[32 + b];
+      }
+      isum += sc[2 * j] * lo + sc[2 * j + 1] * hi;
+    }
+    for (int sb = 0; sb < 8; ++sb) imin += mn[sb] * (yb.bsums[2 * sb] + yb.bsums[2 * sb + 1]);
+    acc = std::fma(static_cast<float>(isum), h2f(xb.d) * yb.d, acc);
+    acc_min = std::fma(static_cast<float>(imin), h2f(xb.dmin) * yb.d, acc_min);
+  }
+  return acc - acc_min;
+}
+
 inline float dot_q6_k(const void* vx, const void* vy, int64_t n) {
   const auto* x = static_cast<const BlockQ6K*>(vx);
   const auto* y = static_cast<const BlockQ8K*>(vy);
@@ -192,7 +231,8 @@ inline float dot_q6_k(const void* vx, const void* vy, int64_t n) {
     }
     // The 6-bit values carry an offset of 32: subtract 32 * scale * (sum of activations).
     for (int k = 0; k < 8; ++k)
-      sumi[k] -= (yb.bsums[2 * k] * xb.scales[2 * k] + yb.bsums[2 * k + 1] * xb.scales[2 * k + 1]) * 32;
+      sumi[k] -=
+          (yb.bsums[2 * k] * xb.scales[2 * k] + yb.bsums[2 * k + 1] * xb.scales[2 * k + 1]) * 32;
     for (int k = 0; k < 8; ++k) acc[k] = std::fma(d, static_cast<float>(sumi[k]), acc[k]);
   }
   return hsum8(acc);
@@ -228,7 +268,8 @@ inline float dot_f16(const float* a, const float* b, int64_t n) {
   float acc[4][16] = {};
   for (int64_t i = 0; i < np; i += 64)
     for (int j = 0; j < 4; ++j)
-      for (int l = 0; l < 16; ++l) acc[j][l] = std::fma(a[i + 16 * j + l], b[i + 16 * j + l], acc[j][l]);
+      for (int l = 0; l < 16; ++l)
+        acc[j][l] = std::fma(a[i + 16 * j + l], b[i + 16 * j + l], acc[j][l]);
   float x[16];
   for (int l = 0; l < 16; ++l) x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
   double s = reduce16(x);

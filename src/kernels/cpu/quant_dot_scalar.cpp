@@ -11,9 +11,10 @@ namespace fennec::kernels {
 using formats::GgmlType;
 
 const QuantDotOps& quant_dot_ops_scalar() {
-  static const QuantDotOps ops{impl::dot_q4_0, impl::dot_q4_1, impl::dot_q5_0, impl::dot_q5_1,
-                               impl::dot_q8_0, impl::dot_q4_k, impl::dot_q6_k, impl::swiglu,
-                               impl::dot_f16, impl::dot_f16_chain, impl::softmax_exp};
+  static const QuantDotOps ops{impl::dot_q4_0,     impl::dot_q4_1,      impl::dot_q5_0,
+                               impl::dot_q5_1,     impl::dot_q8_0,      impl::dot_q4_k,
+                               impl::dot_q4_k_8x8, impl::dot_q6_k,      impl::swiglu,
+                               impl::dot_f16,      impl::dot_f16_chain, impl::softmax_exp};
   return ops;
 }
 
@@ -29,17 +30,23 @@ bool has_quant_dot(GgmlType t) {
     case GgmlType::Q5_1:
     case GgmlType::Q8_0:
     case GgmlType::Q4_K:
-    case GgmlType::Q6_K: return true;
-    default: return false;
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
   }
 }
 
 int64_t quantized_act_bytes(ActFormat f, int64_t n) {
   switch (f) {
-    case ActFormat::kQ8_0: return n / 32 * static_cast<int64_t>(sizeof(quant::BlockQ8_0));
-    case ActFormat::kQ8_1: return n / 32 * static_cast<int64_t>(sizeof(quant::BlockQ8_1));
-    case ActFormat::kQ8_K: return n / 256 * static_cast<int64_t>(sizeof(quant::BlockQ8K));
-    default: return n * static_cast<int64_t>(sizeof(float));
+    case ActFormat::kQ8_0:
+      return n / 32 * static_cast<int64_t>(sizeof(quant::BlockQ8_0));
+    case ActFormat::kQ8_1:
+      return n / 32 * static_cast<int64_t>(sizeof(quant::BlockQ8_1));
+    case ActFormat::kQ8_K:
+      return n / 256 * static_cast<int64_t>(sizeof(quant::BlockQ8K));
+    default:
+      return n * static_cast<int64_t>(sizeof(float));
   }
 }
 
@@ -93,7 +100,8 @@ void quantize_q8_k(const float* x, quant::BlockQ8K* y, int64_t n) {
       continue;
     }
     const float iscale = -127.f / max;
-    for (int j = 0; j < 256; ++j) out.qs[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * v[j])));
+    for (int j = 0; j < 256; ++j)
+      out.qs[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * v[j])));
     for (int j = 0; j < 16; ++j) {
       int sum = 0;
       for (int i = 0; i < 16; ++i) sum += out.qs[16 * j + i];
@@ -107,27 +115,50 @@ void quantize_q8_k(const float* x, quant::BlockQ8K* y, int64_t n) {
 
 void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
   switch (f) {
-    case ActFormat::kQ8_0: quantize_q8_x(x, static_cast<quant::BlockQ8_0*>(out), n); return;
-    case ActFormat::kQ8_1: quantize_q8_x(x, static_cast<quant::BlockQ8_1*>(out), n); return;
-    case ActFormat::kQ8_K: quantize_q8_k(x, static_cast<quant::BlockQ8K*>(out), n); return;
-    default: std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float)); return;
+    case ActFormat::kQ8_0:
+      quantize_q8_x(x, static_cast<quant::BlockQ8_0*>(out), n);
+      return;
+    case ActFormat::kQ8_1:
+      quantize_q8_x(x, static_cast<quant::BlockQ8_1*>(out), n);
+      return;
+    case ActFormat::kQ8_K:
+      quantize_q8_k(x, static_cast<quant::BlockQ8K*>(out), n);
+      return;
+    default:
+      std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+      return;
   }
 }
 
 float quant_dot(GgmlType t, const void* w, const void* a, int64_t n) {
+  const QuantDotFn fn = quant_dot_fn(t, 1);
+  return fn ? fn(w, a, n) : 0.0f;
+}
+
+QuantDotFn quant_dot_fn(GgmlType t, int64_t rows) {
   const QuantDotOps& o = quant_dot_ops();
   switch (t) {
-    case GgmlType::Q4_0: return o.q4_0(w, a, n);
-    case GgmlType::Q4_1: return o.q4_1(w, a, n);
-    case GgmlType::Q5_0: return o.q5_0(w, a, n);
-    case GgmlType::Q5_1: return o.q5_1(w, a, n);
-    case GgmlType::Q8_0: return o.q8_0(w, a, n);
-    case GgmlType::Q4_K: return o.q4_k(w, a, n);
-    case GgmlType::Q6_K: return o.q6_k(w, a, n);
-    default: return 0.0f;
+    case GgmlType::Q4_0:
+      return o.q4_0;
+    case GgmlType::Q4_1:
+      return o.q4_1;
+    case GgmlType::Q5_0:
+      return o.q5_0;
+    case GgmlType::Q5_1:
+      return o.q5_1;
+    case GgmlType::Q8_0:
+      return o.q8_0;
+    case GgmlType::Q4_K:
+      return rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k;
+    case GgmlType::Q6_K:
+      return o.q6_k;
+    default:
+      return nullptr;
   }
 }
 
-void swiglu(const float* gate, const float* up, float* out, int64_t n) { quant_dot_ops().swiglu(gate, up, out, n); }
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  quant_dot_ops().swiglu(gate, up, out, n);
+}
 
 }  // namespace fennec::kernels
