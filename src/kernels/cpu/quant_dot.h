@@ -22,12 +22,10 @@ int64_t quantized_act_bytes(ActFormat f, int64_t n);
 // Quantizes n values (a multiple of the block) as ggml's x86 quantize_row_q8_* does.
 void quantize_act(ActFormat f, const float* x, void* out, int64_t n);
 
-// sum_i w[i] * a[i] for one weight row of type t and one quantized activation row (the format
-// activation_format(t) names). n: elements. Requires has_quant_dot(t).
-float quant_dot(formats::GgmlType t, const void* w_row, const void* act, int64_t n);
-
-// The same for a row of a matrix with `rows` rows: Q4_K matrices whose row count is a multiple
-// of 8 take the order of llama.cpp's repacked Q4_K kernels, which it uses for them by default.
+// The kernel computing sum_i w[i] * a[i] for one weight row of type t and one quantized
+// activation row (the format activation_format(t) names), for a matrix with `rows` rows: Q4_K
+// matrices whose row count is a multiple of 8 take the order of llama.cpp's repacked Q4_K
+// kernels, which it uses for them by default. nullptr if !has_quant_dot(t).
 using QuantDotFn = float (*)(const void*, const void*, int64_t);
 QuantDotFn quant_dot_fn(formats::GgmlType t, int64_t rows);
 
@@ -35,7 +33,7 @@ QuantDotFn quant_dot_fn(formats::GgmlType t, int64_t rows);
 // tail, as ggml_vec_swiglu_f32 computes it.
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
-// Per-ISA tables (quant_dot_scalar.cpp, quant_dot_avx2.cpp); quant_dot() uses the active one.
+// Per-ISA tables (quant_dot_scalar.cpp, quant_dot_avx2.cpp); quant_dot_fn() uses the active one.
 struct QuantDotOps {
   float (*q4_0)(const void*, const void*, int64_t);
   float (*q4_1)(const void*, const void*, int64_t);

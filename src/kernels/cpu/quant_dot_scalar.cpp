@@ -130,11 +130,6 @@ void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
   }
 }
 
-float quant_dot(GgmlType t, const void* w, const void* a, int64_t n) {
-  const QuantDotFn fn = quant_dot_fn(t, 1);
-  return fn ? fn(w, a, n) : 0.0f;
-}
-
 QuantDotFn quant_dot_fn(GgmlType t, int64_t rows) {
   const QuantDotOps& o = quant_dot_ops();
   switch (t) {
