@@ -166,13 +166,22 @@ std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& s
 class Renderer {
  public:
   Renderer(const Value& context, const RenderLimits& limits) : limits_(limits) {
-    auto globals = std::make_shared<Frame>();
+    auto globals = new_frame();
     install_globals(*globals);
     scopes_.push_back(globals);
-    auto vars = std::make_shared<Frame>();
+    auto vars = new_frame();
     for (const auto& [k, v] : context.as_dict().items) (*vars)[k] = v;
     scopes_.push_back(vars);
   }
+
+  // A macro's closure holds the scopes it was defined in, and those scopes hold the macro: a
+  // reference cycle. Every frame this render made is emptied here, which breaks the cycles.
+  ~Renderer() {
+    for (auto& w : frames_)
+      if (auto f = w.lock()) f->clear();
+  }
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
 
   std::string run(const Body& body) {
     std::string out;
@@ -182,7 +191,20 @@ class Renderer {
 
  private:
   RenderLimits limits_;
+  std::vector<std::weak_ptr<Frame>> frames_;  // every frame made, for the destructor
   Scopes scopes_;
+
+  size_t prune_at_ = 1024;
+
+  std::shared_ptr<Frame> new_frame() {
+    if (frames_.size() >= prune_at_) {  // loops make many short-lived frames: forget dead ones
+      std::erase_if(frames_, [](const std::weak_ptr<Frame>& w) { return w.expired(); });
+      prune_at_ = std::max<size_t>(1024, frames_.size() * 2);
+    }
+    auto f = std::make_shared<Frame>();
+    frames_.push_back(f);
+    return f;
+  }
   size_t iterations_ = 0;
   int call_depth_ = 0;
 
@@ -292,7 +314,7 @@ class Renderer {
 
   Flow exec_for(const Stmt& s, std::string& out) {
     ValueList items = iterate(eval(*s.expr));
-    scopes_.push_back(std::make_shared<Frame>());
+    scopes_.push_back(new_frame());
     struct Pop {
       Scopes& s;
       ~Pop() { s.pop_back(); }
@@ -351,7 +373,7 @@ class Renderer {
       }
       Scopes saved = std::move(scopes_);
       scopes_ = captured;
-      auto frame = std::make_shared<Frame>();
+      auto frame = new_frame();
       scopes_.push_back(frame);
       struct Restore {
         Renderer* r;
