@@ -1,6 +1,14 @@
 // Teacher-forced logits of fennec against llama.cpp's (tests/fixtures/reference, made by
 // make_reference.py with llama-cpp-python): top-1 agreement, KL divergence over the reference's
 // top-32 tokens plus a tail bucket, exact full-vocabulary KL at saved positions, and mean NLL.
+//
+// Two passes over the same 512 tokens. "batch": all tokens in one forward call, against llama.cpp
+// evaluating them in one llama_decode call. "decode": one token per forward call, against
+// llama.cpp doing the same, which is the path both take while generating. llama.cpp's batched
+// matrix products switch kernels with the batch shape (repacked Q4_K gemm for groups of 4 rows,
+// llamafile's tinyBLAS), and fennec's do not, so a sequence gets the same result however it is
+// batched; on Gemma 3 270M that leaves the batch pass at about 95% top-1, which is also how well
+// llama.cpp's own batch and decode passes agree with each other (94.5%, see the fixture README).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -20,6 +28,7 @@ struct Case {
   const char* model;
   const char* fixture;
   double min_agreement;  // top-1 agreement this model must reach
+  bool decode;           // one token per forward call
 };
 
 class ReferenceTest : public ::testing::TestWithParam<Case> {};
@@ -46,10 +55,22 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   std::vector<int32_t> table((n + 15) / 16);
   for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
   ThreadPool pool(default_thread_count());
-  model::Batch batch;
-  batch.add(tokens, 0, table, n);
   std::vector<float> logits;
-  ASSERT_TRUE(model.forward(batch, **kv, pool, logits).has_value());
+  if (c.decode) {
+    logits.resize(static_cast<size_t>(n) * n_vocab);
+    std::vector<float> step;
+    for (int i = 0; i < n; ++i) {
+      model::Batch batch;
+      batch.add(std::span<const int32_t>(&tokens[static_cast<size_t>(i)], 1), i, table, 1);
+      ASSERT_TRUE(model.forward(batch, **kv, pool, step).has_value());
+      ASSERT_EQ(step.size(), static_cast<size_t>(n_vocab));
+      std::copy(step.begin(), step.end(), logits.begin() + static_cast<int64_t>(i) * n_vocab);
+    }
+  } else {
+    model::Batch batch;
+    batch.add(tokens, 0, table, n);
+    ASSERT_TRUE(model.forward(batch, **kv, pool, logits).has_value());
+  }
 
   const auto top1 = ref["top1"].get<std::vector<int32_t>>();
   const auto& topk_ids = ref["topk_ids"];
@@ -96,14 +117,16 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   const double agree_rate = static_cast<double>(agree) / n;
   const double mean_kl = kl_sum / n;
   const double mean_nll = nll_sum / (n - 1), ref_mean_nll = ref_nll_sum / (n - 1);
-  std::printf("[ reference ] %s: top-1 agreement %.2f%% (%d/%d), mean KL(top-32+tail) %.6f, mean NLL %.5f vs llama.cpp %.5f\n",
-              c.model, 100 * agree_rate, agree, n, mean_kl, mean_nll, ref_mean_nll);
-  std::printf("[ reference ] %s: logits equal llama.cpp's (max logit within 1e-4) up to position %d\n", c.model,
-              first_diff < 0 ? n : first_diff);
-  std::printf("[ reference ] %s: largest llama.cpp top-1/top-2 log-prob gap where top-1 differs: %.3f\n", c.model, max_gap);
-  // fennec follows ggml's order of operations: SmolLM2 matches llama.cpp bit for bit (the
-  // issue's target is 98%). Gemma 3 still parts after a few positions (see the issue notes),
-  // so it keeps a regression bound until that is found.
+  const char* mode = c.decode ? "decode" : "batch";
+  std::printf("[ reference ] %s %s: top-1 agreement %.2f%% (%d/%d), mean KL(top-32+tail) %.6f, mean NLL %.5f vs llama.cpp %.5f\n",
+              c.model, mode, 100 * agree_rate, agree, n, mean_kl, mean_nll, ref_mean_nll);
+  std::printf("[ reference ] %s %s: logits equal llama.cpp's (max logit within 1e-4) up to position %d\n", c.model,
+              mode, first_diff < 0 ? n : first_diff);
+  std::printf("[ reference ] %s %s: largest llama.cpp top-1/top-2 log-prob gap where top-1 differs: %.3f\n", c.model,
+              mode, max_gap);
+  // fennec follows ggml's order of operations. The issue's target is 98%: both models reach it
+  // (bit for bit) in decode mode, SmolLM2 in batch mode too; Gemma's batch pass keeps a
+  // regression bound (see the header).
   EXPECT_GE(agree_rate, c.min_agreement);
   EXPECT_LT(mean_kl, 0.01);
   EXPECT_NEAR(mean_nll, ref_mean_nll, 0.01 * ref_mean_nll);
@@ -113,6 +136,7 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
   const std::string blob = test::read_file(
       test::source_path("tests/fixtures/reference/" + full["file"].get<std::string>()));
   const auto positions = full["positions"].get<std::vector<int>>();
+  if (positions.empty()) return;
   ASSERT_EQ(blob.size(), positions.size() * static_cast<size_t>(n_vocab) * sizeof(float));
   const float* ref_lp = reinterpret_cast<const float*>(blob.data());
   for (size_t k = 0; k < positions.size(); ++k) {
@@ -129,9 +153,14 @@ TEST_P(ReferenceTest, TeacherForcedLogitsMatchLlamaCpp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest,
-                         ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m", 0.98},
-                                           Case{test::kGemma3, "teacher_gemma3-270m", 0.93}),
-                         [](const auto& info) { return std::string(info.param.fixture).substr(8, 6); });
+                         ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m", 0.98, false},
+                                           Case{test::kGemma3, "teacher_gemma3-270m", 0.93, false},
+                                           Case{test::kSmolLM2, "teacher_decode_smollm2-135m", 0.98, true},
+                                           Case{test::kGemma3, "teacher_decode_gemma3-270m", 0.98, true}),
+                         [](const auto& info) {
+                           return std::string(info.param.decode ? "decode_" : "batch_") +
+                                  std::string(info.param.fixture).substr(info.param.decode ? 15 : 8, 6);
+                         });
 
 }  // namespace
 }  // namespace fennec
