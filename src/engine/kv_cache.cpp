@@ -1,6 +1,7 @@
 #include "engine/kv_cache.h"
 
-#include <new>
+#include <sys/mman.h>
+
 #include <string>
 
 namespace fennec::engine {
@@ -19,15 +20,24 @@ Expected<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& shape, in
   c->n_blocks_ = n_blocks;
   c->layer_k_elems_ = n_blocks * shape.block_size * shape.n_kv_heads * shape.head_dim_k;
   c->layer_v_elems_ = n_blocks * shape.block_size * shape.n_kv_heads * shape.head_dim_v;
-  try {
-    c->k_.resize(static_cast<size_t>(c->layer_k_elems_ * shape.n_layers));
-    c->v_.resize(static_cast<size_t>(c->layer_v_elems_ * shape.n_layers));
-  } catch (const std::bad_alloc&) {
-    return make_error("KV cache: cannot allocate " +
-                      std::to_string(n_blocks * bytes_per_block(shape) >> 20) +
+  auto map = [](Pages& p, int64_t elems) {
+    p.bytes = static_cast<size_t>(elems) * sizeof(uint16_t);
+    void* m = mmap(nullptr, p.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+      p.bytes = 0;
+      return false;
+    }
+    p.ptr = static_cast<uint16_t*>(m);
+    return true;
+  };
+  if (!map(c->k_, c->layer_k_elems_ * shape.n_layers) || !map(c->v_, c->layer_v_elems_ * shape.n_layers))
+    return make_error("KV cache: cannot allocate " + std::to_string(n_blocks * bytes_per_block(shape) >> 20) +
                       " MiB: lower --ctx or --kv-mem");
-  }
   return c;
+}
+
+KvCache::Pages::~Pages() {
+  if (ptr) munmap(ptr, bytes);
 }
 
 BlockAllocator::BlockAllocator(int64_t n_blocks) : ref_(static_cast<size_t>(n_blocks), 0) {

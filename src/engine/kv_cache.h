@@ -39,8 +39,19 @@ class KvCache {
   int64_t n_blocks_ = 0;
   int64_t layer_k_elems_ = 0;
   int64_t layer_v_elems_ = 0;
-  std::vector<uint16_t> k_;
-  std::vector<uint16_t> v_;
+  // Anonymous mappings: zero pages that the OS commits only when a block is first written, so a
+  // large --kv-mem costs resident memory only as far as it is used.
+  struct Pages {
+    uint16_t* ptr = nullptr;
+    size_t bytes = 0;
+    Pages() = default;
+    Pages(const Pages&) = delete;
+    Pages& operator=(const Pages&) = delete;
+    ~Pages();
+    uint16_t* data() { return ptr; }
+  };
+  Pages k_;
+  Pages v_;
 };
 
 class BlockAllocator {

@@ -33,7 +33,16 @@ Expected<std::unique_ptr<LoadedModel>> LoadedModel::load(const std::string& path
   m->n_ctx_ = opts.n_ctx > 0 ? opts.n_ctx : std::min(hp.ctx_train, 4096);
   const int n_seqs = std::max(1, opts.n_seqs);
   const int64_t blocks_per_seq = (m->n_ctx_ + opts.block_size - 1) / opts.block_size;
-  auto kv = KvCache::create(m->model_->kv_shape(opts.block_size), blocks_per_seq * n_seqs);
+  int64_t n_blocks = blocks_per_seq * n_seqs;
+  if (opts.kv_bytes > 0) {
+    const int64_t per_block = KvCache::bytes_per_block(m->model_->kv_shape(opts.block_size));
+    n_blocks = opts.kv_bytes / per_block;
+    if (n_blocks < blocks_per_seq)
+      return make_error("KV memory of " + std::to_string(opts.kv_bytes >> 20) + " MiB holds " +
+                        std::to_string(n_blocks * opts.block_size) + " tokens, less than one context of " +
+                        std::to_string(m->n_ctx_) + ": raise --kv-mem or lower --ctx");
+  }
+  auto kv = KvCache::create(m->model_->kv_shape(opts.block_size), n_blocks);
   if (!kv) return kv.error();
   m->kv_ = std::move(*kv);
   m->pool_ = std::make_unique<ThreadPool>(opts.n_threads > 0 ? opts.n_threads : default_thread_count());

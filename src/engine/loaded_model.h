@@ -20,6 +20,7 @@ struct LoadOptions {
   int n_threads = 0;   // 0: default_thread_count()
   int n_ctx = 0;       // tokens of KV per sequence; 0: min(training context, 4096)
   int n_seqs = 1;      // sequences that must fit in the KV cache at full context
+  int64_t kv_bytes = 0;  // > 0: size the KV cache by memory instead (at least one full context)
   int block_size = 16;
 };
 

@@ -7,6 +7,7 @@ namespace fennec::cli {
 void add_info_command(CLI::App& app);
 void add_run_commands(CLI::App& app);        // run, chat
 void add_perplexity_command(CLI::App& app);
+void add_serve_command(CLI::App& app);       // serve
 int exit_code();
 void set_exit_code(int code);
 

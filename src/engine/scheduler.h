@@ -1,0 +1,110 @@
+// The serving engine: one thread that owns the KV cache and runs continuous batching. Requests
+// (one sequence each; the server submits n sequences for n choices) join the running batch at
+// any step and leave it when they finish. A step carries one token for every decoding sequence
+// plus chunks of prompts, up to a token budget. Prompt pages are shared between requests through
+// the BlockManager's prefix cache. When pages run out, the newest running sequence is preempted:
+// its pages are freed and it is recomputed later from its prompt plus what it has generated, so
+// nothing is lost. Results stream back through a callback called on the engine thread, which
+// must not block (the server posts the event to the connection's strand).
+//
+// A sequence's output does not depend on what else is in the batch or on how its prompt is
+// chunked: matrix products are per token row, and prompt tokens always go through attention in
+// chunks of two or more queries (never a lone prompt token, whose scores would take ggml's
+// one-query order), so prefix-cache hits and different chunkings give the same bits.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/expected.h"
+#include "engine/constraint.h"
+#include "engine/sampler.h"
+
+namespace fennec::engine {
+
+class LoadedModel;
+
+enum class SeqFinish { kNone, kStop, kLength, kAbort, kError };
+const char* seq_finish_name(SeqFinish f);  // "stop", "length", "abort", "error"
+
+struct SeqRequest {
+  std::vector<int32_t> prompt;
+  int max_tokens = 16;  // >= 1; the scheduler also stops at the context size
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  int top_logprobs = -1;  // -1: no logprobs; 0..20: chosen token's logprob plus that many others
+  std::unique_ptr<TokenConstraint> constraint;  // structured output, may be null
+};
+
+struct TokenOut {
+  int32_t id = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // when top_logprobs > 0
+};
+
+// What one step produced for one sequence.
+struct SeqEvent {
+  std::string text;             // new text (stop strings held back / removed)
+  std::vector<TokenOut> tokens;  // tokens sampled this step (EOS and stop tokens excluded)
+  SeqFinish finish = SeqFinish::kNone;  // != kNone: this is the last event
+  std::string error;            // for kError
+  int n_prompt = 0;
+  int n_generated = 0;          // sampled tokens, an ending EOS included (OpenAI usage)
+  int n_cached = 0;             // prompt tokens served from the prefix cache
+};
+using SeqCallback = std::function<void(const SeqEvent&)>;
+
+struct SchedulerOptions {
+  int max_seqs = 64;           // sequences in the running batch
+  int max_batch_tokens = 512;  // tokens per step (decodes plus prompt chunks)
+  int max_waiting = 4096;      // queued sequences beyond which submit() refuses
+  bool prefix_caching = true;
+};
+
+struct SchedulerStats {
+  int64_t running = 0, waiting = 0;
+  int64_t kv_blocks_total = 0, kv_blocks_used = 0;
+  int64_t prefix_queries = 0, prefix_hits = 0;  // prompt tokens looked up / found
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  int64_t steps = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(LoadedModel& model, SchedulerOptions opts);
+  ~Scheduler();  // stop()
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  void start();
+  // Ends the engine thread; sequences still queued or running get a kAbort event.
+  void stop();
+
+  // Thread-safe. Checks the request (prompt not empty, prompt + 1 within the context, sampling
+  // ranges) and queues it; errors are the caller's fault (400), except when the queue is full:
+  // then *queue_full is set (the server answers 429). The callback is never called for a
+  // request that submit() refused.
+  Expected<uint64_t> submit(SeqRequest req, SeqCallback cb, bool* queue_full = nullptr);
+  // Thread-safe. The sequence ends with kAbort and its pages are freed before the next step.
+  void cancel(uint64_t id);
+
+  SchedulerStats stats() const;  // thread-safe snapshot
+  int n_ctx() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fennec::engine

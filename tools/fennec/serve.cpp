@@ -1,0 +1,174 @@
+// fennec serve: the OpenAI-compatible server. Every flag can also come from a FENNEC_* variable.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "core/thread_pool.h"
+#include "engine/loaded_model.h"
+#include "engine/scheduler.h"
+#include "server/api_server.h"
+#include "tools/fennec/commands.h"
+
+namespace fennec::cli {
+namespace {
+
+std::atomic<int> g_signal{0};
+extern "C" void on_signal(int sig) { g_signal.store(sig); }
+
+// "512M", "2G", "1.5GiB", "1048576" -> bytes; -1 if malformed.
+int64_t parse_size(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (...) {
+    return -1;
+  }
+  std::string unit = s.substr(pos);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double mul = 1;
+  if (unit == "" || unit == "B") {
+    mul = 1;
+  } else if (unit == "K" || unit == "KB" || unit == "KIB") {
+    mul = 1024.0;
+  } else if (unit == "M" || unit == "MB" || unit == "MIB") {
+    mul = 1024.0 * 1024;
+  } else if (unit == "G" || unit == "GB" || unit == "GIB") {
+    mul = 1024.0 * 1024 * 1024;
+  } else {
+    return -1;
+  }
+  if (!(v > 0)) return -1;
+  return static_cast<int64_t>(v * mul);
+}
+
+struct ServeFlags {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  std::string served_name;
+  int max_seqs = 64;
+  std::string kv_mem = "1G";
+  int ctx = 0;
+  int threads = 0;
+  double drain_timeout = 30;
+  int max_batch_tokens = 512;
+  int max_queue = 4096;
+  std::string max_body = "8M";
+  int io_threads = 1;
+  bool no_prefix_caching = false;
+  bool quiet = false;
+};
+
+int serve(const ServeFlags& f) {
+  const int64_t kv_bytes = parse_size(f.kv_mem);
+  if (kv_bytes <= 0) {
+    std::fprintf(stderr, "fennec: --kv-mem '%s' is not a size (examples: 512M, 2G)\n", f.kv_mem.c_str());
+    return 2;
+  }
+  const int64_t max_body = parse_size(f.max_body);
+  if (max_body <= 0) {
+    std::fprintf(stderr, "fennec: --max-body '%s' is not a size\n", f.max_body.c_str());
+    return 2;
+  }
+  if (f.max_seqs < 1 || f.max_batch_tokens < 1 || f.max_queue < 1 || f.drain_timeout < 0) {
+    std::fprintf(stderr, "fennec: --max-seqs, --max-batch-tokens and --max-queue must be positive\n");
+    return 2;
+  }
+  server::ApiServerOptions so;
+  so.http.host = f.host;
+  so.http.port = f.port;
+  so.http.io_threads = std::max(1, f.io_threads);
+  so.http.max_body_bytes = max_body;
+  so.api_key = f.api_key;
+  so.served_model_name = f.served_name.empty() ? std::filesystem::path(f.model).stem().string() : f.served_name;
+  so.log_requests = !f.quiet;
+  auto srv = server::ApiServer::create(so);
+  if (!srv) {
+    std::fprintf(stderr, "fennec: %s\n", srv.error().message.c_str());
+    return 1;
+  }
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGPIPE, SIG_IGN);
+  (*srv)->start();
+  std::fprintf(stderr, "fennec: listening on http://%s:%d (live now, ready once the model has loaded)\n",
+               f.host.c_str(), (*srv)->port());
+
+  engine::LoadOptions lo;
+  lo.n_threads = f.threads;
+  lo.n_ctx = f.ctx;
+  lo.kv_bytes = kv_bytes;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lm = engine::LoadedModel::load(f.model, lo);
+  if (!lm) {
+    std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
+    return 1;
+  }
+  engine::SchedulerOptions sched_opts;
+  sched_opts.max_seqs = f.max_seqs;
+  sched_opts.max_batch_tokens = f.max_batch_tokens;
+  sched_opts.max_waiting = f.max_queue;
+  sched_opts.prefix_caching = !f.no_prefix_caching;
+  engine::Scheduler scheduler(**lm, sched_opts);
+  scheduler.start();
+  (*srv)->attach(**lm, scheduler);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr,
+               "fennec: ready: model '%s' (%s), context %d, KV cache %lld tokens (%.0f MiB), %d threads, "
+               "loaded in %.2f s\n",
+               so.served_model_name.c_str(), f.model.c_str(), (*lm)->n_ctx(),
+               static_cast<long long>((*lm)->kv().n_blocks() * (*lm)->kv().shape().block_size),
+               static_cast<double>((*lm)->kv().bytes()) / (1 << 20), (*lm)->pool().size(), load_s);
+
+  while (g_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::fprintf(stderr, "fennec: signal %d: draining (%lld requests in flight, up to %.0f s)\n", g_signal.load(),
+               static_cast<long long>((*srv)->in_flight()), f.drain_timeout);
+  (*srv)->begin_drain();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(f.drain_timeout);
+  while ((*srv)->in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const int64_t left = (*srv)->in_flight();
+  scheduler.stop();  // anything left ends as aborted
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  (*srv)->stop();
+  std::fprintf(stderr, "fennec: stopped (%lld requests cut off by the drain timeout)\n", static_cast<long long>(left));
+  return 0;
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto f = std::make_shared<ServeFlags>();
+  CLI::App* cmd = app.add_subcommand("serve", "serve the OpenAI API (flags also from FENNEC_* variables)");
+  cmd->add_option("-m,--model", f->model, "GGUF model file")->envname("FENNEC_MODEL")->required();
+  cmd->add_option("--host", f->host, "address to listen on (default 127.0.0.1)")->envname("FENNEC_HOST");
+  cmd->add_option("--port", f->port, "port (default 8000; 0 picks a free one)")->envname("FENNEC_PORT");
+  cmd->add_option("--api-key", f->api_key, "require 'Authorization: Bearer KEY'")->envname("FENNEC_API_KEY");
+  cmd->add_option("--served-model-name", f->served_name, "model id in the API (default: file name)")
+      ->envname("FENNEC_SERVED_MODEL_NAME");
+  cmd->add_option("--max-seqs", f->max_seqs, "sequences decoded together (default 64)")->envname("FENNEC_MAX_SEQS");
+  cmd->add_option("--kv-mem", f->kv_mem, "KV cache memory, e.g. 512M, 2G (default 1G)")->envname("FENNEC_KV_MEM");
+  cmd->add_option("-c,--ctx", f->ctx, "context length per sequence (default: min(train, 4096))")
+      ->envname("FENNEC_CTX");
+  cmd->add_option("-t,--threads", f->threads, "compute threads (default: all cores)")->envname("FENNEC_THREADS");
+  cmd->add_option("--drain-timeout", f->drain_timeout, "seconds to finish requests after SIGTERM (default 30)")
+      ->envname("FENNEC_DRAIN_TIMEOUT");
+  cmd->add_option("--max-batch-tokens", f->max_batch_tokens, "tokens per engine step (default 512)")
+      ->envname("FENNEC_MAX_BATCH_TOKENS");
+  cmd->add_option("--max-queue", f->max_queue, "queued sequences before 429 (default 4096)")
+      ->envname("FENNEC_MAX_QUEUE");
+  cmd->add_option("--max-body", f->max_body, "largest request body (default 8M)")->envname("FENNEC_MAX_BODY");
+  cmd->add_option("--io-threads", f->io_threads, "HTTP I/O threads (default 1)")->envname("FENNEC_IO_THREADS");
+  cmd->add_flag("--no-prefix-caching", f->no_prefix_caching, "do not share prompt pages")
+      ->envname("FENNEC_NO_PREFIX_CACHING");
+  cmd->add_flag("-q,--quiet", f->quiet, "no per-request log lines")->envname("FENNEC_QUIET");
+  cmd->callback([f] { set_exit_code(serve(*f)); });
+}
+
+}  // namespace fennec::cli
