@@ -160,15 +160,16 @@ def main() -> int:
                     help="fennec --max-seqs and llama-server -np (default: the highest "
                          "concurrency level)")
     ap.add_argument("--ctx-per-slot", type=int, default=1024,
-                    help="llama-server gets -c slots x this, as it splits -c among its slots (1024)")
+                    help="context per sequence: fennec --ctx N, llama-server -c slots x N (it "
+                         "splits -c among its slots) (1024)")
     ap.add_argument("--fennec", type=Path, default=REPO / "build/fennec",
                     help="fennec binary (default build/fennec)")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER") or None,
                     help="llama-server binary (default $LLAMA_SERVER; without it fennec runs alone)")
     ap.add_argument("--only", choices=["fennec", "llama-server"],
                     help="start and load just this server")
-    ap.add_argument("--fennec-port", type=int, default=18080)
-    ap.add_argument("--llama-port", type=int, default=18081)
+    ap.add_argument("--fennec-port", type=int, default=18480)
+    ap.add_argument("--llama-port", type=int, default=18481)
     ap.add_argument("--fennec-args", default="",
                     help='extra arguments for fennec serve, one string: --fennec-args "--ctx 4096"')
     ap.add_argument("--llama-args", default="",
@@ -224,7 +225,8 @@ def main() -> int:
             servers.append(ManagedServer(
                 "fennec",
                 [str(fennec), "serve", "-m", str(model), "--port", str(args.fennec_port),
-                 "--threads", str(args.threads), "--max-seqs", str(slots)]
+                 "--threads", str(args.threads), "--max-seqs", str(slots),
+                 "--ctx", str(args.ctx_per_slot)]
                 + shlex.split(args.fennec_args),
                 args.fennec_port, log_dir / "fennec.log", ["/v1/health/ready", "/health"]))
         if want_llama:
