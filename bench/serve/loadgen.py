@@ -1011,8 +1011,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stress-max-tokens", type=int, default=8, help="stress: max_tokens (8)")
     ap.add_argument("--stress-endpoint", choices=["chat", "completions"], default="completions",
                     help="stress: endpoint (default completions)")
-    ap.add_argument("--ref-concurrency", type=int, default=1,
-                    help="stress: concurrency of the non-streamed reference requests (1)")
+    ap.add_argument("--ref-concurrency", type=int, default=4,
+                    help="stress: concurrency of the non-streamed reference requests (4; 1 is "
+                         "slower and trusts the server's batching least)")
     ap.add_argument("--json", metavar="FILE", help="write every number (and per-request data) here")
 
 

@@ -111,8 +111,6 @@ void JsonConstraint::accept(int32_t token) {
   if (bytes.empty() || !matcher_.advance(bytes)) failed_ = true;
 }
 
-bool JsonConstraint::is_complete() const {
-  return failed_ || ended_ || matcher_.is_complete();
-}
+bool JsonConstraint::is_complete() const { return failed_ || ended_ || matcher_.is_complete(); }
 
 }  // namespace fennec::engine

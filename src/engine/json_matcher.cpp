@@ -20,9 +20,26 @@ constexpr uint8_t kMaxIntDigits = 16;
 constexpr uint8_t kMaxFracDigits = 16;
 constexpr uint8_t kMaxExpDigits = 2;
 
-enum StringPhase : uint8_t { kSStart, kSBody, kSUtf8, kSEscape, kSHex, kSLowSlash, kSLowU, kSHexLow };
+enum StringPhase : uint8_t {
+  kSStart,
+  kSBody,
+  kSUtf8,
+  kSEscape,
+  kSHex,
+  kSLowSlash,
+  kSLowU,
+  kSHexLow
+};
 enum NumberPhase : uint8_t {
-  kNStart, kNMinus, kNZero, kNInt, kNDot, kNFrac, kNExp, kNExpSign, kNExpDigits
+  kNStart,
+  kNMinus,
+  kNZero,
+  kNInt,
+  kNDot,
+  kNFrac,
+  kNExp,
+  kNExpSign,
+  kNExpDigits
 };
 enum ObjectPhase : uint8_t { kOStart, kOFirst, kOKey, kOColon, kOValue, kOAfter, kONext };
 enum ArrayPhase : uint8_t { kAStart, kAFirst, kAAfter, kANext };
@@ -48,6 +65,24 @@ int hex_value(uint8_t b) {
 
 bool is_digit(uint8_t b) { return b >= '0' && b <= '9'; }
 
+// What a UTF-8 lead byte announces: how many continuation bytes follow and the range of the
+// first one (RFC 3629: no overlongs, surrogates or code points above U+10FFFF, as nlohmann
+// and every strict parser require). extra == 0: not a lead byte.
+struct Utf8Lead {
+  uint8_t extra, lo, hi;
+};
+
+Utf8Lead utf8_lead(uint8_t b) {
+  if (b >= 0xC2 && b <= 0xDF) return {1, 0x80, 0xBF};
+  if (b == 0xE0) return {2, 0xA0, 0xBF};
+  if (b == 0xED) return {2, 0x80, 0x9F};
+  if (b >= 0xE1 && b <= 0xEF) return {2, 0x80, 0xBF};
+  if (b == 0xF0) return {3, 0x90, 0xBF};
+  if (b >= 0xF1 && b <= 0xF3) return {3, 0x80, 0xBF};
+  if (b == 0xF4) return {3, 0x80, 0x8F};
+  return {0, 0, 0};
+}
+
 // Counts one more code point against maxLength.
 bool take_char(Frame& f, const JsonNode& node) {
   if (f.a >= node.max_length) return false;
@@ -69,26 +104,27 @@ Step step_string(Frame& f, const JsonNode& node, uint8_t b) {
         if (b == '\\') f.phase = kSEscape;
         return Step::kStay;
       }
-      // UTF-8 lead byte: as strict as RFC 3629 (no overlongs, surrogates or > U+10FFFF).
-      if (b >= 0xC2 && b <= 0xDF) f.c = 1, f.lo = 0x80, f.hi = 0xBF;
-      else if (b == 0xE0) f.c = 2, f.lo = 0xA0, f.hi = 0xBF;
-      else if (b == 0xED) f.c = 2, f.lo = 0x80, f.hi = 0x9F;
-      else if (b >= 0xE1 && b <= 0xEF) f.c = 2, f.lo = 0x80, f.hi = 0xBF;
-      else if (b == 0xF0) f.c = 3, f.lo = 0x90, f.hi = 0xBF;
-      else if (b >= 0xF1 && b <= 0xF3) f.c = 3, f.lo = 0x80, f.hi = 0xBF;
-      else if (b == 0xF4) f.c = 3, f.lo = 0x80, f.hi = 0x8F;
-      else return Step::kReject;
-      if (!take_char(f, node)) return Step::kReject;
-      f.phase = kSUtf8;
+      {
+        const Utf8Lead lead = utf8_lead(b);
+        if (lead.extra == 0 || !take_char(f, node)) return Step::kReject;
+        f.phase = kSUtf8;
+        f.c = lead.extra;
+        f.lo = lead.lo;
+        f.hi = lead.hi;
+      }
       return Step::kStay;
     case kSUtf8:
       if (b < f.lo || b > f.hi) return Step::kReject;
-      f.lo = 0x80, f.hi = 0xBF;
-      if (--f.c == 0) f.phase = kSBody, f.lo = f.hi = 0;
+      f.lo = 0x80;
+      f.hi = 0xBF;
+      if (--f.c == 0) {
+        f.phase = kSBody;  // lo/hi back to 0: equal states compare equal
+        f.lo = f.hi = 0;
+      }
       return Step::kStay;
     case kSEscape:
       if (b == 'u') {
-        f.phase = kSHex, f.b = 0, f.c = 0;
+        f.phase = kSHex;
         return Step::kStay;
       }
       if (b == '"' || b == '\\' || b == '/' || b == 'b' || b == 'f' || b == 'n' || b == 'r' ||
@@ -105,7 +141,8 @@ Step step_string(Frame& f, const JsonNode& node, uint8_t b) {
       if (f.c == 2 && f.b >= 0xDC && f.b <= 0xDF) return Step::kReject;  // lone low surrogate
       if (f.c == 4) {
         f.phase = (f.b >= 0xD800 && f.b <= 0xDBFF) ? kSLowSlash : kSBody;
-        f.b = 0, f.c = 0;
+        f.b = 0;
+        f.c = 0;
       }
       return Step::kStay;
     }
@@ -115,12 +152,15 @@ Step step_string(Frame& f, const JsonNode& node, uint8_t b) {
       return Step::kStay;
     case kSLowU:
       if (b != 'u') return Step::kReject;
-      f.phase = kSHexLow, f.c = 0;
+      f.phase = kSHexLow;
       return Step::kStay;
     case kSHexLow: {
       const int v = hex_value(b);
       if (v < 0 || (f.c == 0 && v != 0xD) || (f.c == 1 && v < 0xC)) return Step::kReject;
-      if (++f.c == 4) f.phase = kSBody, f.c = 0;
+      if (++f.c == 4) {
+        f.phase = kSBody;
+        f.c = 0;
+      }
       return Step::kStay;
     }
   }
@@ -139,9 +179,9 @@ Step step_number(Frame& f, const JsonNode& node, uint8_t b) {
       }
       [[fallthrough]];
     case kNMinus:
-      if (b == '0') f.phase = kNZero;
-      else if (digit) f.phase = kNInt, f.c = 1;
-      else return Step::kReject;
+      if (!digit) return Step::kReject;
+      f.phase = b == '0' ? kNZero : kNInt;
+      f.c = b == '0' ? 0 : 1;
       return Step::kStay;
     case kNZero:
     case kNInt:
@@ -149,18 +189,16 @@ Step step_number(Frame& f, const JsonNode& node, uint8_t b) {
         ++f.c;
         return Step::kStay;
       }
-      if (fraction_ok) {
-        f.phase = kNDot, f.c = 0;
-        return Step::kStay;
-      }
-      if (exponent_ok) {
-        f.phase = kNExp, f.c = 0;
+      if (fraction_ok || exponent_ok) {
+        f.phase = fraction_ok ? kNDot : kNExp;
+        f.c = 0;
         return Step::kStay;
       }
       return Step::kEnd;
     case kNDot:
       if (!digit) return Step::kReject;
-      f.phase = kNFrac, f.c = 1;
+      f.phase = kNFrac;
+      f.c = 1;
       return Step::kStay;
     case kNFrac:
       if (digit && f.c < kMaxFracDigits) {
@@ -168,7 +206,8 @@ Step step_number(Frame& f, const JsonNode& node, uint8_t b) {
         return Step::kStay;
       }
       if (exponent_ok) {
-        f.phase = kNExp, f.c = 0;
+        f.phase = kNExp;
+        f.c = 0;
         return Step::kStay;
       }
       return Step::kEnd;
@@ -180,7 +219,8 @@ Step step_number(Frame& f, const JsonNode& node, uint8_t b) {
       [[fallthrough]];
     case kNExpSign:
       if (!digit) return Step::kReject;
-      f.phase = kNExpDigits, f.c = 1;
+      f.phase = kNExpDigits;
+      f.c = 1;
       return Step::kStay;
     case kNExpDigits:
       if (digit && f.c < kMaxExpDigits) {
@@ -235,8 +275,8 @@ bool key_possible(const JsonSchema& schema, const JsonNode& node, uint32_t t, ui
 }
 
 bool can_close_object(const JsonNode& node, uint32_t lo) {
-  return node.free_keys || node.next_required[std::min<size_t>(lo, node.properties.size())] ==
-                               node.properties.size();
+  return node.free_keys ||
+         node.next_required[std::min<size_t>(lo, node.properties.size())] == node.properties.size();
 }
 
 // '"' opening a key; n frames with the object on top.
@@ -251,7 +291,8 @@ Step start_key(const JsonSchema& schema, Frame* st, uint32_t n) {
   }
   const uint32_t t = node.keys.child(0, '"');
   if (t == kNone || !key_possible(schema, node, t, f.a, n)) return Step::kReject;
-  f.phase = kOKey, f.b = t;
+  f.phase = kOKey;
+  f.b = t;
   return Step::kStay;
 }
 
@@ -277,7 +318,9 @@ Step step_object(const JsonSchema& schema, Frame* st, uint32_t n, uint8_t b, uin
       if (t == kNone || !key_possible(schema, node, t, f.a, n)) return Step::kReject;
       const uint32_t prop = node.keys.value(t);
       if (prop != kNone) {
-        f.phase = kOColon, f.b = prop, f.a = prop + 1;
+        f.phase = kOColon;
+        f.b = prop;
+        f.a = prop + 1;
       } else {
         f.b = t;
       }
@@ -285,7 +328,8 @@ Step step_object(const JsonSchema& schema, Frame* st, uint32_t n, uint8_t b, uin
     }
     case kOColon:
       if (b != ':') return Step::kReject;
-      f.phase = kOValue, f.c = 0;
+      f.phase = kOValue;
+      f.c = 0;
       return Step::kStay;
     case kOValue:
       if (b == ' ' && f.c == 0) {
@@ -302,7 +346,8 @@ Step step_object(const JsonSchema& schema, Frame* st, uint32_t n, uint8_t b, uin
                          : !key_possible(schema, node, 0, f.a, n)) {
         return Step::kReject;
       }
-      f.phase = kONext, f.c = 0;
+      f.phase = kONext;
+      f.c = 0;
       return Step::kStay;
   }
   return Step::kReject;
@@ -319,7 +364,8 @@ Step step_array(const JsonSchema& schema, Frame& f, uint32_t n, uint8_t b, uint3
       if (b == ']') return f.a >= node.min_items ? Step::kPop : Step::kReject;
       if (b != ',' || f.a >= node.max_items) return Step::kReject;
       if (f.a >= node.min_items && !fits(schema, n, node.items)) return Step::kReject;
-      f.phase = kANext, f.c = 0;
+      f.phase = kANext;
+      f.c = 0;
       return Step::kStay;
     case kAFirst:
       if (b == ']') return node.min_items == 0 ? Step::kPop : Step::kReject;
@@ -372,20 +418,41 @@ void JsonMatcher::run(Frame* st, uint32_t n, uint8_t byte) {
     uint32_t start = 0;
     Step r = Step::kReject;
     switch (node.kind) {
-      case Kind::kString: r = step_string(f, node, byte); break;
-      case Kind::kNumber: r = step_number(f, node, byte); break;
-      case Kind::kLiteral: r = step_literal(f, node, byte); break;
-      case Kind::kObject: r = step_object(schema, st, n, byte, start); break;
-      case Kind::kArray: r = step_array(schema, f, n, byte, start); break;
-      case Kind::kAnyOf: break;
+      case Kind::kString:
+        r = step_string(f, node, byte);
+        break;
+      case Kind::kNumber:
+        r = step_number(f, node, byte);
+        break;
+      case Kind::kLiteral:
+        r = step_literal(f, node, byte);
+        break;
+      case Kind::kObject:
+        r = step_object(schema, st, n, byte, start);
+        break;
+      case Kind::kArray:
+        r = step_array(schema, f, n, byte, start);
+        break;
+      case Kind::kAnyOf:
+        break;
     }
     switch (r) {
-      case Step::kReject: return;
-      case Step::kStay: push_thread(st, n); return;
-      case Step::kPop: push_thread(st, n - 1); return;
-      case Step::kPush: push_thread(st, n + 1); return;
-      case Step::kEnd: --n; continue;
-      case Step::kStart: break;
+      case Step::kReject:
+        return;
+      case Step::kStay:
+        push_thread(st, n);
+        return;
+      case Step::kPop:
+        push_thread(st, n - 1);
+        return;
+      case Step::kPush:
+        push_thread(st, n + 1);
+        return;
+      case Step::kEnd:
+        --n;
+        continue;
+      case Step::kStart:
+        break;
     }
     // A value starts: one thread per alternative that fits, each fed this byte.
     const auto& leaves = schema.node(start).leaves;

@@ -60,8 +60,8 @@ class JsonMatcher {
   void dedup();
 
   std::shared_ptr<const JsonSchema> schema_;
-  std::vector<Frame> frames_;  // all threads, one after another
-  std::vector<uint32_t> ends_; // end of each thread in frames_
+  std::vector<Frame> frames_;   // all threads, one after another
+  std::vector<uint32_t> ends_;  // end of each thread in frames_
 };
 
 }  // namespace fennec::engine

@@ -52,14 +52,14 @@ using Kind = JsonNode::Kind;
 
 // Nodes every schema has; generic JSON (json_object mode, `{}`, `true`) is built from them.
 enum Builtin : uint32_t {
-  kAny = 0,     // any JSON value
-  kAnyObject,   // any object
-  kAnyArray,    // any array
-  kAnyString,   // any string
-  kAnyNumber,   // any number
-  kScalars,     // true, false, null
-  kBool,        // true, false
-  kNull,        // null
+  kAny = 0,    // any JSON value
+  kAnyObject,  // any object
+  kAnyArray,   // any array
+  kAnyString,  // any string
+  kAnyNumber,  // any number
+  kScalars,    // true, false, null
+  kBool,       // true, false
+  kNull,       // null
   kBuiltinCount
 };
 
@@ -90,13 +90,14 @@ void add_builtins(std::vector<JsonNode>& nodes, std::vector<std::string>& where)
   where.assign(kBuiltinCount, "#");
 }
 
-// Frames needed for a value of `id` given the needs found so far (min over anyOf leaves).
-uint8_t value_need(const std::vector<JsonNode>& nodes, uint32_t id) {
-  const JsonNode& n = nodes[id];
-  if (n.kind != Kind::kAnyOf) return n.need;
-  uint8_t best = JsonSchema::kInfeasible;
-  for (const uint32_t leaf : n.leaves) best = std::min(best, nodes[leaf].need);
-  return best;
+// An anyOf takes the least need of its leaves.
+void update_any_of_needs(std::vector<JsonNode>& nodes) {
+  for (JsonNode& node : nodes) {
+    if (node.kind != Kind::kAnyOf) continue;
+    uint8_t best = JsonSchema::kInfeasible;
+    for (const uint32_t leaf : node.leaves) best = std::min(best, nodes[leaf].need);
+    node.need = best;
+  }
 }
 
 // Flattens anyOf/$ref chains into leaves, computes `need` for every node and checks that the
@@ -107,7 +108,7 @@ Status finalize(std::vector<JsonNode>& nodes, const std::vector<std::string>& wh
   std::vector<uint32_t> stamp(n, 0);
   uint32_t round = 0;
   std::vector<uint32_t> stack;
-  size_t total_visits = 0;  // all nodes together: a web of anyOf/$ref must not take long
+  size_t total_work = 0;  // all nodes together: a web of anyOf/$ref must not take long
   for (uint32_t id = 0; id < n; ++id) {
     if (nodes[id].kind != Kind::kAnyOf) {
       nodes[id].leaves = {id};
@@ -121,9 +122,13 @@ Status finalize(std::vector<JsonNode>& nodes, const std::vector<std::string>& wh
     while (!stack.empty()) {
       const uint32_t y = stack.back();
       stack.pop_back();
+      if (++total_work > 4000000) {
+        return make_error("json schema: " + where[id] +
+                          ": anyOf/$ref expands through too many schemas");
+      }
       if (stamp[y] == round) continue;
       stamp[y] = round;
-      if (++visits > 4096 || ++total_visits > 1000000) {
+      if (++visits > 4096) {
         return make_error("json schema: " + where[id] +
                           ": anyOf/$ref expands through too many schemas");
       }
@@ -141,6 +146,8 @@ Status finalize(std::vector<JsonNode>& nodes, const std::vector<std::string>& wh
     nodes[id].leaves = std::move(leaves);
   }
 
+  // Level by level: a node finishes within d frames when its required contents finish within
+  // d - 1 (anyOf needs are refreshed after each level, so they are exact for d - 1).
   for (JsonNode& node : nodes) node.need = JsonSchema::kInfeasible;
   for (int d = 1; d <= JsonSchema::kMaxFrames; ++d) {
     const uint8_t inner = static_cast<uint8_t>(d - 1);
@@ -152,27 +159,20 @@ Status finalize(std::vector<JsonNode>& nodes, const std::vector<std::string>& wh
       if (!ok) continue;
       if (node.kind == Kind::kObject && !node.free_keys) {
         for (const JsonProperty& p : node.properties) {
-          if (p.required && value_need(nodes, p.node) > inner) {
+          if (p.required && nodes[p.node].need > inner) {
             ok = false;
             break;
           }
         }
       } else if (node.kind == Kind::kArray) {
-        ok = node.min_items == 0 || value_need(nodes, node.items) <= inner;
+        ok = node.min_items == 0 || nodes[node.items].need <= inner;
       }
       if (ok) node.need = static_cast<uint8_t>(d);
     }
-  }
-  for (JsonNode& node : nodes) {
-    if (node.kind == Kind::kAnyOf) {
-      uint8_t best = JsonSchema::kInfeasible;
-      for (const uint32_t leaf : node.leaves) best = std::min(best, nodes[leaf].need);
-      node.need = best;
-    }
+    update_any_of_needs(nodes);
   }
   if (nodes[root].need == JsonSchema::kInfeasible) {
-    return make_error("json schema: " + where[root] +
-                      ": no value satisfies the schema within " +
+    return make_error("json schema: " + where[root] + ": no value satisfies the schema within " +
                       std::to_string(JsonSchema::kMaxNesting) +
                       " levels of nesting (a recursive $ref with no way out?)");
   }
@@ -182,21 +182,40 @@ Status finalize(std::vector<JsonNode>& nodes, const std::vector<std::string>& wh
 std::string child_pointer(const std::string& ptr, std::string_view token) {
   std::string out = ptr + "/";
   for (const char c : token) {
-    if (c == '~') out += "~0";
-    else if (c == '/') out += "~1";
-    else out += c;
+    if (c == '~')
+      out += "~0";
+    else if (c == '/')
+      out += "~1";
+    else
+      out += c;
   }
   return out;
 }
 
 // Keywords that constrain values and that this compiler enforces.
 bool is_supported_constraint(std::string_view k) {
-  static const std::set<std::string_view> kNames = {
-      "type",      "properties", "required",  "additionalProperties", "items",
-      "minItems",  "maxItems",   "minLength", "maxLength",            "enum",
-      "const",     "minimum",    "maximum",   "exclusiveMinimum",     "exclusiveMaximum",
-      "anyOf",     "oneOf",      "allOf",     "$ref",                 "minProperties",
-      "maxProperties", "uniqueItems"};
+  static const std::set<std::string_view> kNames = {"type",
+                                                    "properties",
+                                                    "required",
+                                                    "additionalProperties",
+                                                    "items",
+                                                    "minItems",
+                                                    "maxItems",
+                                                    "minLength",
+                                                    "maxLength",
+                                                    "enum",
+                                                    "const",
+                                                    "minimum",
+                                                    "maximum",
+                                                    "exclusiveMinimum",
+                                                    "exclusiveMaximum",
+                                                    "anyOf",
+                                                    "oneOf",
+                                                    "allOf",
+                                                    "$ref",
+                                                    "minProperties",
+                                                    "maxProperties",
+                                                    "uniqueItems"};
   return kNames.count(k) > 0;
 }
 
@@ -235,7 +254,7 @@ size_t utf8_length(std::string_view s) {
   return n;
 }
 
-const char* const kTypeNames[] = {"object", "array", "string", "number",
+const char* const kTypeNames[] = {"object",  "array",   "string", "number",
                                   "integer", "boolean", "null"};
 
 }  // namespace
@@ -304,7 +323,9 @@ class SchemaCompiler {
     return Number(it->template get<double>());
   }
 
-  static bool has_key(const J& s, std::string_view key) { return s.find(std::string(key)) != s.end(); }
+  static bool has_key(const J& s, std::string_view key) {
+    return s.find(std::string(key)) != s.end();
+  }
 
   // Constraining keywords beside `key` (for $ref, anyOf, oneOf, allOf, which must stand alone).
   static std::optional<std::string> sibling_constraint(const J& s, std::string_view key) {
@@ -347,7 +368,8 @@ class SchemaCompiler {
       return compile((*it)[0], child_pointer(at, "0"), depth + 1);
     }
     for (const char* key : {"anyOf", "oneOf"}) {
-      if (const auto it = s.find(key); it != s.end()) return compile_any_of(*it, child_pointer(ptr, key), depth);
+      if (const auto it = s.find(key); it != s.end())
+        return compile_any_of(*it, child_pointer(ptr, key), depth);
     }
 
     auto types = read_types(s, ptr);
@@ -356,15 +378,16 @@ class SchemaCompiler {
     std::vector<std::string>& names = *types;
     if (names.empty()) {
       // No `type`: infer it from the keywords present; none at all means any value.
-      if (has_key(s, "properties") || has_key(s, "required") || has_key(s, "additionalProperties") ||
-          has_key(s, "minProperties") || has_key(s, "maxProperties")) {
+      if (has_key(s, "properties") || has_key(s, "required") ||
+          has_key(s, "additionalProperties") || has_key(s, "minProperties") ||
+          has_key(s, "maxProperties")) {
         names = {"object"};
       } else if (has_key(s, "items") || has_key(s, "minItems") || has_key(s, "maxItems")) {
         names = {"array"};
       } else if (has_key(s, "minLength") || has_key(s, "maxLength")) {
         names = {"string"};
-      } else if (has_key(s, "minimum") || has_key(s, "maximum") ||
-                 has_key(s, "exclusiveMinimum") || has_key(s, "exclusiveMaximum")) {
+      } else if (has_key(s, "minimum") || has_key(s, "maximum") || has_key(s, "exclusiveMinimum") ||
+                 has_key(s, "exclusiveMaximum")) {
         names = {"number"};
       } else {
         return static_cast<uint32_t>(kAny);
@@ -374,14 +397,19 @@ class SchemaCompiler {
     std::vector<uint32_t> options;
     for (const std::string& t : names) {
       Expected<uint32_t> id = static_cast<uint32_t>(kNull);
-      if (t == "object") id = compile_object(s, ptr, depth);
-      else if (t == "array") id = compile_array(s, ptr, depth);
-      else if (t == "string") id = compile_string(s, ptr);
-      else if (t == "number") id = compile_number(s, ptr, false);
+      if (t == "object")
+        id = compile_object(s, ptr, depth);
+      else if (t == "array")
+        id = compile_array(s, ptr, depth);
+      else if (t == "string")
+        id = compile_string(s, ptr);
+      else if (t == "number")
+        id = compile_number(s, ptr, false);
       else if (t == "integer") {
         if (has_number) continue;  // every integer is a number
         id = compile_number(s, ptr, true);
-      } else if (t == "boolean") id = static_cast<uint32_t>(kBool);
+      } else if (t == "boolean")
+        id = static_cast<uint32_t>(kBool);
       if (!id) return id.error();
       if (std::find(options.begin(), options.end(), *id) == options.end()) options.push_back(*id);
     }
@@ -427,7 +455,8 @@ class SchemaCompiler {
     if (!ref.is_string()) return fail(at, "'$ref' must be a string");
     const std::string target = ref.template get<std::string>();
     if (target.empty() || target[0] != '#') {
-      return fail(at, "only local references ('#/$defs/...') are supported, got \"" + target + "\"");
+      return fail(at,
+                  "only local references ('#/$defs/...') are supported, got \"" + target + "\"");
     }
     if (const auto it = refs_.find(target); it != refs_.end()) return it->second;
     const J* resolved = nullptr;
@@ -459,6 +488,11 @@ class SchemaCompiler {
       if (is_false(list[i])) continue;  // matches nothing: not an alternative
       auto id = compile(list[i], child_pointer(at, std::to_string(i)), depth + 1);
       if (!id) return id.error();
+      if (std::find(alt.leaves.begin(), alt.leaves.end(), *id) != alt.leaves.end()) continue;
+      if (alt.leaves.size() >= JsonSchema::kMaxAlternatives) {
+        return fail(at,
+                    "more than " + std::to_string(JsonSchema::kMaxAlternatives) + " alternatives");
+      }
       alt.leaves.push_back(*id);
     }
     if (alt.leaves.empty()) return fail(at, "every alternative is `false`");
@@ -504,8 +538,8 @@ class SchemaCompiler {
     const auto too_deep = [](const J& v) {
       return depth_of(v, JsonSchema::kMaxSchemaDepth) > JsonSchema::kMaxSchemaDepth;
     };
-    const std::string deep = "a value nests deeper than " +
-                             std::to_string(JsonSchema::kMaxSchemaDepth) + " levels";
+    const std::string deep =
+        "a value nests deeper than " + std::to_string(JsonSchema::kMaxSchemaDepth) + " levels";
     if (c != s.end() && too_deep(*c)) return fail(child_pointer(ptr, "const"), deep);
     if (e != s.end()) {
       if (!e->is_array() || e->empty()) return fail(at, "'enum' must be a non-empty array");
@@ -522,8 +556,9 @@ class SchemaCompiler {
     auto max_len = read_count(s, "maxLength", ptr);
     if (!max_len) return max_len.error();
     Number lo, hi, xlo, xhi;
-    for (auto [key, out] : {std::pair{"minimum", &lo}, std::pair{"maximum", &hi},
-                            std::pair{"exclusiveMinimum", &xlo}, std::pair{"exclusiveMaximum", &xhi}}) {
+    for (auto [key, out] :
+         {std::pair{"minimum", &lo}, std::pair{"maximum", &hi}, std::pair{"exclusiveMinimum", &xlo},
+          std::pair{"exclusiveMaximum", &xhi}}) {
       auto v = read_number(s, key, ptr);
       if (!v) return v.error();
       *out = *v;
@@ -539,7 +574,8 @@ class SchemaCompiler {
       }
       if (v->is_number()) {
         const double d = v->template get<double>();
-        if ((lo && d < *lo) || (hi && d > *hi) || (xlo && d <= *xlo) || (xhi && d >= *xhi)) continue;
+        if ((lo && d < *lo) || (hi && d > *hi) || (xlo && d <= *xlo) || (xhi && d >= *xhi))
+          continue;
       }
       std::string text;
       try {
@@ -668,7 +704,8 @@ class SchemaCompiler {
     }
     if (const auto it = s.find("items"); it != s.end()) {
       const std::string at = child_pointer(ptr, "items");
-      if (it->is_array()) return fail(at, "tuple-form 'items' (an array of schemas) is not supported");
+      if (it->is_array())
+        return fail(at, "tuple-form 'items' (an array of schemas) is not supported");
       if (is_false(*it)) {
         if (node.min_items > 0) return fail(at, "'items' is `false` but 'minItems' is above 0");
         node.max_items = 0;
@@ -708,8 +745,9 @@ class SchemaCompiler {
 
   Expected<uint32_t> compile_number(const J& s, const std::string& ptr, bool integer) {
     Number lo, hi, xlo, xhi;
-    for (auto [key, out] : {std::pair{"minimum", &lo}, std::pair{"maximum", &hi},
-                            std::pair{"exclusiveMinimum", &xlo}, std::pair{"exclusiveMaximum", &xhi}}) {
+    for (auto [key, out] :
+         {std::pair{"minimum", &lo}, std::pair{"maximum", &hi}, std::pair{"exclusiveMinimum", &xlo},
+          std::pair{"exclusiveMaximum", &xhi}}) {
       auto v = read_number(s, key, ptr);
       if (!v) return v.error();
       *out = *v;

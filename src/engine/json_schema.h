@@ -14,15 +14,22 @@
 //   optional ones may be skipped. A `required` name that is not declared is emitted with the
 //   `additionalProperties` schema (an error when additionalProperties is false). An object that
 //   declares no properties and allows additional ones takes any keys.
-// - Numbers: `minimum`/`exclusiveMinimum` >= 0 forbids a minus sign; other numeric bounds are not
-//   enforced during generation (enum/const values are checked against them).
+// - Integers bounded on both sides by at most 1025 values are enforced exactly (they become a
+//   list). Otherwise `minimum`/`exclusiveMinimum` >= 0 only forbids a minus sign and other
+//   numeric bounds are NOT enforced during generation (the output may violate them); enum and
+//   const values are checked against them. A schema without `type` takes it from its keywords
+//   (`properties` -> object, `items` -> array, `minLength` -> string, `minimum` -> number);
+//   with none, any JSON value. Enum/const values are checked against `type`, string lengths
+//   and numeric bounds only (an object value is not checked against `properties`).
 // - `format` and annotations (`description`, `title`, `default`, `examples`, `$schema`, `$id`,
 //   `$comment`, `strict`, `deprecated`, `readOnly`, `writeOnly`) are ignored; unknown keywords
 //   are ignored. Keywords that constrain values but cannot be enforced are errors: `pattern`,
 //   `patternProperties`, `not`, `if`/`then`/`else`, `allOf` of several schemas, `uniqueItems`,
 //   `contains`, `prefixItems`, tuple `items`, `multipleOf`, `propertyNames`, `dependent*`,
 //   `unevaluated*`, `min/maxProperties` beyond what required/declared properties imply, remote
-//   `$ref`, and keywords beside `$ref`/`anyOf`/`oneOf`.
+//   `$ref`, and constraining keywords beside `$ref`/`anyOf`/`oneOf`/`allOf`.
+// - Limits: schema documents nest at most kMaxSchemaDepth levels, compile to at most kMaxNodes
+//   subschemas, kMaxLiteralBytes of enum values and property names, kMaxAlternatives per anyOf.
 // - Objects and arrays nest at most kMaxNesting levels while generating; a schema whose values
 //   all need deeper nesting is an error.
 #pragma once
@@ -102,14 +109,14 @@ struct JsonNode {
 
 class JsonSchema {
  public:
-  static constexpr int kMaxNesting = 16;               // objects/arrays inside each other
-  static constexpr int kMaxFrames = kMaxNesting + 1;   // + the innermost scalar
+  static constexpr int kMaxNesting = 16;              // objects/arrays inside each other
+  static constexpr int kMaxFrames = kMaxNesting + 1;  // + the innermost scalar
   static constexpr uint8_t kInfeasible = 255;
-  static constexpr int kMaxSchemaDepth = 64;           // nesting of the schema document
+  static constexpr int kMaxSchemaDepth = 64;  // nesting of the schema document
   static constexpr size_t kMaxNodes = 10000;
   static constexpr size_t kMaxLiteralBytes = 256 * 1024;  // enum values and property names
-  static constexpr size_t kMaxAlternatives = 64;        // per anyOf after flattening
-  static constexpr uint32_t kAnyStringNode = 3;         // any string: keys of free objects
+  static constexpr size_t kMaxAlternatives = 64;          // per anyOf after flattening
+  static constexpr uint32_t kAnyStringNode = 3;           // any string: keys of free objects
 
   // Compiles a JSON Schema (the `schema` of response_format json_schema).
   static Expected<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema);

@@ -6,40 +6,20 @@
 #include <utility>
 
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 namespace fennec::engine {
 
 namespace {
 
-// Text that stays inside a JSON string body whatever surrounds it: printable ASCII other than
-// '"' and '\\', and whole UTF-8 sequences as strict as RFC 3629.
+// Text that stays inside a JSON string body whatever surrounds it: no control characters, '"'
+// or '\\', and only whole, valid UTF-8 sequences.
 bool is_plain(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const uint8_t b = static_cast<uint8_t>(s[i]);
-    if (b < 0x80) {
-      if (b < 0x20 || b == '"' || b == '\\') return false;
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) len = 2;
-    else if (b == 0xE0) len = 3, lo = 0xA0;
-    else if (b == 0xED) len = 3, hi = 0x9F;
-    else if (b >= 0xE1 && b <= 0xEF) len = 3;
-    else if (b == 0xF0) len = 4, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) len = 4;
-    else if (b == 0xF4) len = 4, hi = 0x8F;
-    else return false;
-    if (i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const uint8_t c = static_cast<uint8_t>(s[i + k]);
-      if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) return false;
-    }
-    i += len;
+  for (const char c : s) {
+    const uint8_t b = static_cast<uint8_t>(c);
+    if (b < 0x20 || b == '"' || b == '\\') return false;
   }
-  return true;
+  return tokenizer::utf8::is_valid(s);
 }
 
 uint64_t fingerprint(const tokenizer::Tokenizer& tok) {
@@ -112,8 +92,10 @@ std::shared_ptr<const VocabTrie> VocabTrie::build(const tokenizer::Tokenizer& to
       const uint32_t node = static_cast<uint32_t>(t.nodes_.size());
       const uint32_t begin = static_cast<uint32_t>(t.order_.size());
       t.nodes_.push_back(Node{0, begin, begin, begin, 0, static_cast<uint8_t>(s[k]), 0});
-      if (last_child[p]) t.nodes_[last_child[p]].next_sibling = node;
-      else t.nodes_[p].flags |= kHasChildren;  // preorder: the first child follows its parent
+      if (last_child[p])
+        t.nodes_[last_child[p]].next_sibling = node;
+      else
+        t.nodes_[p].flags |= kHasChildren;  // preorder: the first child follows its parent
       last_child[p] = node;
       parent.push_back(p);
       last_child.push_back(0);
@@ -140,7 +122,8 @@ std::shared_ptr<const VocabTrie> VocabTrie::build(const tokenizer::Tokenizer& to
   for (uint32_t i = static_cast<uint32_t>(t.nodes_.size()); i-- > 1;) {
     Node& node = t.nodes_[i];
     if (node.tok_own_end > node.tok_begin) {
-      node.max_len = std::max<uint16_t>(node.max_len, static_cast<uint16_t>(std::min<uint32_t>(depth[i], 65535)));
+      node.max_len = std::max<uint16_t>(node.max_len,
+                                        static_cast<uint16_t>(std::min<uint32_t>(depth[i], 65535)));
       if (!plain_own[i]) node.flags &= static_cast<uint8_t>(~kPlain);
     }
     Node& up = t.nodes_[parent[i]];

@@ -23,10 +23,10 @@ class VocabTrie {
     uint32_t next_sibling;  // 0: last child of its parent (the root is never a sibling)
     uint32_t tok_begin;     // tokens ending here: order[tok_begin, tok_own_end)
     uint32_t tok_own_end;
-    uint32_t tok_end;       // tokens ending in the subtree: order[tok_begin, tok_end)
-    uint16_t max_len;       // longest token in the subtree, in bytes (saturates)
-    uint8_t byte;           // label of the edge into this node
-    uint8_t flags;          // kHasChildren | kPlain
+    uint32_t tok_end;  // tokens ending in the subtree: order[tok_begin, tok_end)
+    uint16_t max_len;  // longest token in the subtree, in bytes (saturates)
+    uint8_t byte;      // label of the edge into this node
+    uint8_t flags;     // kHasChildren | kPlain
   };
   static constexpr uint8_t kHasChildren = 1;  // first child is the next node
   static constexpr uint8_t kPlain = 2;        // every token below: printable, no '"' or '\\',
@@ -55,8 +55,8 @@ class VocabTrie {
   std::vector<uint16_t> order_chars_;
   std::vector<int32_t> eog_;
   std::vector<uint8_t> is_eog_;
-  std::vector<char> bytes_;          // token bytes back to back
-  std::vector<uint32_t> offsets_;    // n_vocab + 1 offsets into bytes_
+  std::vector<char> bytes_;        // token bytes back to back
+  std::vector<uint32_t> offsets_;  // n_vocab + 1 offsets into bytes_
   size_t max_token_len_ = 0;
 };
 

@@ -119,7 +119,7 @@ struct ApiServer::Impl {
   void handle_metrics(const std::shared_ptr<Response>& resp);
   // Submits every (prompt, choice) sequence of a request and wires events to the response.
   void run_request(std::shared_ptr<RequestState> st, const GenerationOptions& o,
-                   const std::vector<std::vector<int32_t>>& prompts);
+                   const std::vector<std::vector<int32_t>>& prompts, const std::string& body);
   void on_event(const std::shared_ptr<RequestState>& st, size_t choice, const engine::SeqEvent& ev);
   json choice_logprobs(const RequestState& st, const std::vector<engine::TokenOut>& toks) const;
   json usage(const RequestState& st) const;
@@ -327,7 +327,7 @@ void ApiServer::Impl::handle_chat(const HttpRequest& req, const std::shared_ptr<
   st->id = random_id("chatcmpl-");
   st->chat = true;
   st->resp = resp;
-  run_request(st, cr.opts, {std::move(*ids)});
+  run_request(st, cr.opts, {std::move(*ids)}, req.body);
 }
 
 void ApiServer::Impl::handle_completion(const HttpRequest& req, const std::shared_ptr<Response>& resp) {
@@ -356,11 +356,11 @@ void ApiServer::Impl::handle_completion(const HttpRequest& req, const std::share
   st->id = random_id("cmpl-");
   st->chat = false;
   st->resp = resp;
-  run_request(st, cr.opts, prompts);
+  run_request(st, cr.opts, prompts, req.body);
 }
 
 void ApiServer::Impl::run_request(std::shared_ptr<RequestState> st, const GenerationOptions& o,
-                                  const std::vector<std::vector<int32_t>>& prompts) {
+                                  const std::vector<std::vector<int32_t>>& prompts, const std::string& body) {
   const engine::LoadedModel& lm = *model.load();
   const int n_ctx = lm.n_ctx();
   st->t_arrival = Clock::now();
@@ -411,8 +411,15 @@ void ApiServer::Impl::run_request(std::shared_ptr<RequestState> st, const Genera
       sr.ignore_eos = o.ignore_eos;
       sr.top_logprobs = o.logprobs ? o.top_logprobs : -1;
       if (o.response_format.kind != ResponseFormat::Kind::kText) {
-        const json schema = o.response_format.kind == ResponseFormat::Kind::kJsonSchema ? o.response_format.schema
-                                                                                          : json();
+        // The schema again from the body, in its own key order: properties are generated in the
+        // order the schema lists them (nlohmann::json would sort them).
+        nlohmann::ordered_json schema;
+        if (o.response_format.kind == ResponseFormat::Kind::kJsonSchema) {
+          const auto doc = nlohmann::ordered_json::parse(body, nullptr, false);
+          const auto* rf = doc.is_object() && doc.contains("response_format") ? &doc["response_format"] : nullptr;
+          const auto* js = rf && rf->is_object() && rf->contains("json_schema") ? &(*rf)["json_schema"] : nullptr;
+          if (js && js->is_object() && js->contains("schema")) schema = (*js)["schema"];
+        }
         auto c = engine::JsonConstraint::create(schema, lm.tokenizer());
         if (!c) return send_error(resp, api_error(400, c.error().message, "invalid_request_error", "response_format"));
         sr.constraint = std::move(*c);

@@ -159,14 +159,38 @@ const std::vector<Case>& cases() {
   static const std::vector<Case> kCases = {
       {nullptr,
        {"{}", R"({"a":1})", R"({"a": 1, "b": [1, 2.5e3, "x", true, false, null, {"c":{}}]})",
-        R"({"":"\u00e9\ud83d\ude00\n\t\"\\\/\b\f\r"})", "{\"k\":\"h\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\"}",
-        R"({"a":-0.0e-0,"b":0,"c":-12.5E+10})", R"({"a":{},"a":[]})"},
-       {"[]", "\"x\"", "1", "{} ", " {}", "{\"a\":01}", "{\"a\":1,}", "{\"a\" :1}",
-        "{\"a\":  1}", "{ \"a\":1}", "{\"a\":1 }", "{\"a\":\"\\ud800\"}",
-        "{\"a\":\"\\udc00\"}", "{\"a\":\"\\ud800\\u0041\"}", "{\"a\":\"\x01\"}",
-        "{\"a\":\"\xC0\xAF\"}", "{\"a\":\"\xED\xA0\x80\"}", "{\"a\":\"\xF4\x90\x80\x80\"}",
-        "{a:1}", "{\"a\":tru}", "{\"a\":.5}", "{\"a\":1.}", "{\"a\":1e999}", "{\"a\":\"\\x\"}",
-        "{\"a\":[1,]}", "{\"a\":[,1]}", "{\"a\":1}}", "{\"a\":\n1}", "{\"a\":1}\n"}},
+        R"({"":"\u00e9\ud83d\ude00\n\t\"\\\/\b\f\r"})",
+        "{\"k\":\"h\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\"}", R"({"a":-0.0e-0,"b":0,"c":-12.5E+10})",
+        R"({"a":{},"a":[]})"},
+       {"[]",
+        "\"x\"",
+        "1",
+        "{} ",
+        " {}",
+        "{\"a\":01}",
+        "{\"a\":1,}",
+        "{\"a\" :1}",
+        "{\"a\":  1}",
+        "{ \"a\":1}",
+        "{\"a\":1 }",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\udc00\"}",
+        "{\"a\":\"\\ud800\\u0041\"}",
+        "{\"a\":\"\x01\"}",
+        "{\"a\":\"\xC0\xAF\"}",
+        "{\"a\":\"\xED\xA0\x80\"}",
+        "{\"a\":\"\xF4\x90\x80\x80\"}",
+        "{a:1}",
+        "{\"a\":tru}",
+        "{\"a\":.5}",
+        "{\"a\":1.}",
+        "{\"a\":1e999}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":[1,]}",
+        "{\"a\":[,1]}",
+        "{\"a\":1}}",
+        "{\"a\":\n1}",
+        "{\"a\":1}\n"}},
       {R"({"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},
           "required":["name","age"],"additionalProperties":false})",
        {R"({"name":"x","age":3})", R"({"name": "Ann", "age": -40})"},
@@ -188,7 +212,9 @@ const std::vector<Case>& cases() {
        {"-0.5e-10", "1E+99", "0.1234567890123456", "3"},
        {"1e999", ".5", "1.", "-", "1e", "1e+", "0x10", "Infinity", "NaN"}},
       {R"({"type":"integer","minimum":0})", {"0", "15"}, {"-1", "-0"}},
-      {R"({"type":"integer","minimum":1,"maximum":5})", {"1", "3", "5"}, {"0", "6", "10", "-1", "1.0"}},
+      {R"({"type":"integer","minimum":1,"maximum":5})",
+       {"1", "3", "5"},
+       {"0", "6", "10", "-1", "1.0"}},
       {R"({"type":"integer","exclusiveMinimum":1,"exclusiveMaximum":5})", {"2", "4"}, {"1", "5"}},
       {R"({"type":"boolean"})", {"true", "false"}, {"tru", "null", "1", "True"}},
       {R"({"type":"null"})", {"null"}, {"nul", "false"}},
@@ -198,7 +224,8 @@ const std::vector<Case>& cases() {
       {R"({"const":"x"})", {"\"x\""}, {"\"y\"", "\"xx\""}},
       {R"({"type":"string","enum":["a","b",3]})", {"\"a\"", "\"b\""}, {"3"}},
       {R"({"anyOf":[{"type":"string","maxLength":2},{"type":"integer"}]})",
-       {"\"ab\"", "12", "\"\""}, {"\"abc\"", "1.5", "null"}},
+       {"\"ab\"", "12", "\"\""},
+       {"\"abc\"", "1.5", "null"}},
       {R"({"type":["string","null"]})", {"\"q\"", "null"}, {"1", "false"}},
       {R"({"type":["integer","number"]})", {"1", "1.5"}, {"\"1\""}},
       {R"({"anyOf":[
@@ -217,17 +244,22 @@ const std::vector<Case>& cases() {
        {"[]", R"(["a","b","c"])", "[1]", R"([ "a"])", R"(["a" ,"b"])"}},
       {R"({"type":"array","items":false})", {"[]"}, {"[1]"}},
       {R"({"type":"object","additionalProperties":{"type":"integer"}})",
-       {"{}", R"({"x":1,"y":2})"}, {R"({"x":"s"})"}},
+       {"{}", R"({"x":1,"y":2})"},
+       {R"({"x":"s"})"}},
       {R"({"type":"object","properties":{},"additionalProperties":false})", {"{}"}, {R"({"a":1})"}},
       {R"({"type":"object","properties":{"a":{"type":"integer"}},"required":["a","b"]})",
-       {R"({"a":1,"b":"anything"})", R"({"a":1,"b":{"c":[]}})"}, {R"({"a":1})"}},
+       {R"({"a":1,"b":"anything"})", R"({"a":1,"b":{"c":[]}})"},
+       {R"({"a":1})"}},
       {R"({"type":"object","properties":{"a":false,"b":{"type":"integer"}}})",
-       {"{}", R"({"b":1})"}, {R"({"a":1})"}},
+       {"{}", R"({"b":1})"},
+       {R"({"a":1})"}},
       {R"({"allOf":[{"type":"string","format":"date-time","description":"ignored"}]})",
-       {"\"anything\""}, {"1"}},
+       {"\"anything\""},
+       {"1"}},
       {R"({"properties":{"k":{"type":"string"}},"required":["k"]})", {R"({"k":""})"}, {"{}"}},
       {R"({"type":"object","properties":{"a~/b":{"const":"x\"y"}},"required":["a~/b"]})",
-       {R"({"a~/b":"x\"y"})"}, {R"({"a~/b":"x"})"}},
+       {R"({"a~/b":"x\"y"})"},
+       {R"({"a~/b":"x"})"}},
       {"true", {"1", "{}", "[[]]", "\"s\"", "null"}, {"", "]"}},
       {"{}", {"1", "{\"a\":[{}]}"}, {"{"}},
   };
@@ -378,14 +410,32 @@ TEST(JsonSchema, BoundsHostileSchemas) {
 
   // Too many subschemas.
   json wide = {{"type", "object"}, {"properties", json::object()}};
-  for (int i = 0; i < 12000; ++i) wide["properties"]["p" + std::to_string(i)] = {{"type", "integer"}};
+  for (int i = 0; i < 12000; ++i)
+    wide["properties"]["p" + std::to_string(i)] = {{"type", "integer"}};
   auto w = JsonSchema::compile(wide);
   ASSERT_FALSE(w.has_value());
   EXPECT_NE(w.error().message.find("too large"), std::string::npos) << w.error().message;
 
+  // Many alternatives that all reach one wide anyOf: flattening must stay cheap.
+  json web = {{"$defs", {{"B", {{"anyOf", json::array()}}}}},
+              {"type", "object"},
+              {"properties", json::object()}};
+  for (int i = 0; i < 60; ++i) web["$defs"]["B"]["anyOf"].push_back({{"const", i}});
+  for (int i = 0; i < 4000; ++i) {
+    web["properties"]["p" + std::to_string(i)] = {
+        {"anyOf", {{{"$ref", "#/$defs/B"}}, {{"anyOf", {{{"$ref", "#/$defs/B"}}}}}}}};
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto wb = JsonSchema::compile(web);
+  std::printf(
+      "[ hostile ] 4000 anyOf over one 60-way anyOf: %s in %.0f ms\n",
+      wb ? "compiled" : wb.error().message.c_str(),
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+
   // A chain of $refs, each to the next, and mutual recursion with a way out.
   json chain = {{"$defs", json::object()}};
-  for (int i = 0; i < 30; ++i) chain["$defs"]["d" + std::to_string(i)] = {{"$ref", "#/$defs/d" + std::to_string(i + 1)}};
+  for (int i = 0; i < 30; ++i)
+    chain["$defs"]["d" + std::to_string(i)] = {{"$ref", "#/$defs/d" + std::to_string(i + 1)}};
   chain["$defs"]["d30"] = {{"anyOf", {{{"$ref", "#/$defs/d0"}}, {{"type", "null"}}}}};
   chain["$ref"] = "#/$defs/d0";
   auto c = JsonSchema::compile(chain);
@@ -613,7 +663,8 @@ TEST_P(JsonConstraintModels, AllowedTokensTiming) {
   const double build_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::printf("[ %s ] vocab %d tokens, trie %zu nodes, longest token %zu bytes, built in %.0f ms\n",
-              GetParam(), vocab->n_vocab(), vocab->nodes().size(), vocab->max_token_len(), build_ms);
+              GetParam(), vocab->n_vocab(), vocab->nodes().size(), vocab->max_token_len(),
+              build_ms);
 
   const char* person = R"({"type":"object","properties":{"name":{"type":"string","maxLength":20},
       "age":{"type":"integer"},"bio":{"type":"string"}},"required":["name","age","bio"],
@@ -630,6 +681,8 @@ TEST_P(JsonConstraintModels, AllowedTokensTiming) {
       {"json_object, value start", nullptr, "{\"key\":"},
       {"json_object, in a string value", nullptr, "{\"key\": \"some text"},
       {"json_object, in a number", nullptr, "{\"key\": 12"},
+      {"json_object, inside a UTF-8 char", nullptr, "{\"key\": \"\xE2\x82"},
+      {"json_object, after a backslash", nullptr, "{\"key\": \"a\\"},
       {"json_object, nested array", nullptr, "{\"key\": [[1, {\"a\": [true, "},
       {"schema, key choice", person, "{\"name\": \"Al\", "},
       {"schema, string maxLength 20", person, "{\"name\": \"Albert Ein"},
@@ -668,7 +721,8 @@ TEST_P(JsonConstraintModels, AllowedTokensTiming) {
     const auto s0 = std::chrono::steady_clock::now();
     for (int r = 0; r < reps; ++r) c.allowed_tokens(allowed);
     const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count() / reps;
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count() /
+        reps;
     size_t n_allowed = 0;
     for (const uint8_t a : allowed) n_allowed += a;
     std::printf("[ %s ] allowed_tokens %-34s %7.3f ms  (%zu allowed)\n", GetParam(), ctx.what, ms,
@@ -677,8 +731,7 @@ TEST_P(JsonConstraintModels, AllowedTokensTiming) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, JsonConstraintModels,
-                         ::testing::Values(test::kSmolLM2, test::kGemma3),
-                         [](const auto& info) {
+                         ::testing::Values(test::kSmolLM2, test::kGemma3), [](const auto& info) {
                            return std::string(info.param == test::kSmolLM2 ? "smollm2" : "gemma3");
                          });
 
@@ -707,7 +760,8 @@ TEST(JsonConstraint, RejectsBadSchemaAndRefusesWrongTokens) {
   EXPECT_TRUE(c.is_complete());
   std::vector<uint8_t> allowed;
   c.allowed_tokens(allowed);
-  for (int32_t id = 0; id < tok->n_vocab(); ++id) EXPECT_EQ(allowed[id] != 0, tok->is_eog(id)) << id;
+  for (int32_t id = 0; id < tok->n_vocab(); ++id)
+    EXPECT_EQ(allowed[id] != 0, tok->is_eog(id)) << id;
 }
 
 }  // namespace

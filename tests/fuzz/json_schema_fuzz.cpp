@@ -3,7 +3,12 @@
 // or fail with a message naming a JSON pointer, never crash or hang; a compiled schema's matcher
 // must never reach a dead end (an incomplete text that no byte can continue), and every complete
 // text it accepts must parse as JSON. Without a NUL the whole input is offered to the json_object
-// matcher too. Build and run: see tests/fuzz/README.md.
+// matcher too. Build by hand like gguf_fuzz (see tests/fuzz/README.md for the run flags):
+//   clang++-14 -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined
+//     -fno-sanitize-recover=undefined -I src tests/fuzz/json_schema_fuzz.cpp
+//     src/engine/json_schema.cpp src/engine/json_matcher.cpp -o build-fuzz/json_schema_fuzz
+//   build-fuzz/json_schema_fuzz -max_total_time=600 -rss_limit_mb=1024 -malloc_limit_mb=256
+//     -max_len=4096 build-fuzz/corpus_json
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -47,10 +52,11 @@ void drive(const std::shared_ptr<const JsonSchema>& schema, std::string_view byt
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const char* p = reinterpret_cast<const char*>(data);
   const void* nul = std::memchr(data, 0, size);
-  const size_t schema_len = nul ? static_cast<size_t>(static_cast<const uint8_t*>(nul) - data) : size;
+  const size_t schema_len =
+      nul ? static_cast<size_t>(static_cast<const uint8_t*>(nul) - data) : size;
   const std::string_view schema_text(p, schema_len);
-  const std::string_view tail = nul ? std::string_view(p + schema_len + 1, size - schema_len - 1)
-                                    : std::string_view(p, size);
+  const std::string_view tail =
+      nul ? std::string_view(p + schema_len + 1, size - schema_len - 1) : std::string_view(p, size);
   if (!nul) drive(JsonSchema::any_object(), tail);
 
   const auto doc = nlohmann::ordered_json::parse(schema_text, nullptr, /*allow_exceptions=*/false);

@@ -123,7 +123,7 @@ def test_json_schema_output_validates(client, model_id):
     }
     for prompt in ["Describe a person as JSON.", "Invent a character who lives in Tokyo."]:
         r = client.chat.completions.create(
-            model=model_id, max_tokens=200, temperature=0.7, seed=7,
+            model=model_id, max_tokens=300, temperature=0, presence_penalty=1.0,
             messages=[{"role": "user", "content": prompt}],
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}})
         assert r.choices[0].finish_reason == "stop", r.choices[0].message.content

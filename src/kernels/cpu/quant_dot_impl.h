@@ -1,7 +1,10 @@
 // Kernel bodies of quant_dot.h, compiled once per ISA (quant_dot_scalar.cpp without FMA
 // instructions, where std::fma is a library call; quant_dot_avx2.cpp with -mavx2 -mfma, where
 // it is one instruction). Same results on both: every float step is spelled out.
-// Included only by those two files.
+// Included only by those two files. The bodies sit in an unnamed namespace so that each of those
+// files keeps its own copy: as ordinary inline functions the linker would keep one copy for both
+// (the scalar one ran in the AVX2 path, with a library call per fma; the AVX2 one could have run
+// on a CPU without AVX2).
 #pragma once
 
 #include <cmath>
@@ -11,6 +14,7 @@
 #include "quant/blocks.h"
 
 namespace fennec::kernels::impl {
+namespace {  // NOLINT(google-build-namespaces): one copy per ISA, see above
 
 using quant::BlockQ4_0;
 using quant::BlockQ4_1;
@@ -310,4 +314,5 @@ inline void swiglu(const float* g, const float* u, float* out, int64_t n) {
   for (; i < n; ++i) out[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
 }
 
+}  // namespace
 }  // namespace fennec::kernels::impl
