@@ -211,8 +211,15 @@ def main() -> int:
 
         describe_machine(args.threads)
         print(f"model: {model}  threads: {args.threads}  slots: {slots}  "
-              f"levels: {','.join(map(str, levels))}  max_tokens: {args.max_tokens}  "
-              f"ignore_eos: {args.ignore_eos}")
+              f"ctx per slot: {args.ctx_per_slot}")
+        if not args.no_bench:
+            print(f"bench: levels {','.join(map(str, levels))}  max_tokens {args.max_tokens}  "
+                  f"ignore_eos {args.ignore_eos}  endpoint {args.endpoint}")
+        if args.stress > 0:
+            print(f"stress: {args.stress} streams  max_tokens {args.stress_max_tokens}  "
+                  f"endpoint {args.stress_endpoint}")
+        elif args.no_bench:
+            raise Fatal("--no-bench without --stress N: nothing to do")
 
         if want_fennec:
             fennec = args.fennec.absolute()

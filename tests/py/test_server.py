@@ -333,3 +333,62 @@ def test_sigterm_drains_in_flight_requests(fennec):
     n_tokens = sum(1 for ch in [first, *rest] if ch.choices and ch.choices[0].delta.content)
     assert rest[-1].choices[0].finish_reason == "length" and n_tokens > 100
     assert s.proc.wait(timeout=60) == 0
+
+
+def test_1000_concurrent_streams_each_get_their_own_answer(server, model_id):
+    """1000 streaming connections at once. Each request forces its own token with logit_bias, so
+    its answer is known in advance: a lost, cut or mixed-up stream shows as a wrong text."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    n = 1000
+    token_ids = [1000 + 7 * i for i in range(n)]
+    expected = []
+    for t in token_ids:
+        status, body = server.request("POST", "/detokenize", {"tokens": [t] * 3})
+        assert status == 200
+        expected.append(body["prompt"])
+
+    async def one(i):
+        body = json.dumps({"model": model_id, "prompt": f"Item {i}:", "max_tokens": 3, "temperature": 0,
+                           "stream": True, "logit_bias": {str(token_ids[i]): 100}}).encode()
+        r, w = await asyncio.open_connection("127.0.0.1", server.port)
+        w.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + KEY.encode() + b"\r\nConnection: close\r\nContent-Length: " +
+                str(len(body)).encode() + b"\r\n\r\n" + body)
+        await w.drain()
+        raw = await asyncio.wait_for(r.read(), timeout=600)
+        w.close()
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n")[0]:
+            return None, set(), False
+        data = b""
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            data += rest[:size]
+            rest = rest[size + 2:]
+        text, ids, done = "", set(), False
+        for ev in data.decode().split("\n\n"):
+            if ev == "data: [DONE]":
+                done = True
+            elif ev.startswith("data: "):
+                j = json.loads(ev[6:])
+                ids.add(j["id"])
+                if j["choices"]:
+                    text += j["choices"][0]["text"]
+        return text, ids, done
+
+    async def all_streams():
+        return await asyncio.gather(*[one(i) for i in range(n)])
+
+    t0 = time.time()
+    results = asyncio.run(all_streams())
+    wall = time.time() - t0
+    bad = [i for i, (text, ids, done) in enumerate(results) if text != expected[i] or len(ids) != 1 or not done]
+    assert not bad, [(i, results[i], expected[i]) for i in bad[:3]]
+    assert len({next(iter(ids)) for _, ids, _ in results}) == n  # every response its own id
+    print(f"1000 concurrent streams completed in {wall:.1f} s")
