@@ -1,12 +1,15 @@
 // fennec's own compute thread pool: persistent workers that run one parallel_for at a time.
 // The caller thread takes part as worker 0. Not reentrant: call from one thread at a time.
+//
+// A decode step issues hundreds of parallel_for calls a few microseconds apart, so waiting
+// threads (workers for the next job, the caller for the last worker) first spin on an atomic
+// word for a short while and only then sleep on a futex: back-to-back calls cost no system call
+// and no wake-up latency, while an idle pool still sleeps.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -33,13 +36,15 @@ class ThreadPool {
 
   int n_threads_;
   std::vector<std::thread> threads_;
-  std::mutex mu_;
-  std::condition_variable cv_start_;
-  std::condition_variable cv_done_;
+  // Written by the caller before it bumps generation_; read by workers after they see the bump.
   const std::function<void(int, int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
   bool stop_ = false;
+  // Each word sits on its own cache line: workers poll generation_ while others write pending_.
+  alignas(64) std::atomic<uint32_t> generation_{0};  // bumped once per job (and to stop)
+  alignas(64) std::atomic<uint32_t> pending_{0};     // workers still running the current job
+  alignas(64) std::atomic<uint32_t> sleepers_{0};    // workers asleep (or about to) on generation_
+  std::atomic<uint32_t> caller_sleeping_{0};         // the caller asleep (or about to) on pending_
+  int64_t caller_spin_ns_ = 50'000;                  // the caller's spin budget (see the .cpp)
 };
 
 // Threads to use when the user gives none: the physical cores the process may run on.

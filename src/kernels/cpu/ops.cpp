@@ -9,6 +9,7 @@
 #include "core/float_convert.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/quant_dot.h"
+#include "kernels/cpu/quant_gemm.h"
 #include "kernels/cpu/vec.h"
 #include "quant/dequantize.h"
 
@@ -16,7 +17,8 @@ namespace fennec::kernels {
 
 namespace {
 
-// Rows of W dequantized per tile; every token reuses the tile while it is in cache.
+// Rows of W per unit of work split across threads (and, for types without an integer kernel,
+// dequantized per tile: every token reuses the tile while it is in cache).
 constexpr int64_t kRowTile = 16;
 
 void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
@@ -49,18 +51,20 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
   const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
   const ActFormat af = activation_format(w.type);
   if (has_quant_dot(w.type)) {
-    // Activations quantized once per token; each weight row meets them in the integer kernel.
+    // Activations quantized once per token; the tiled kernel meets each weight row with many of
+    // them (see quant_gemm.h).
     const int64_t ab = quantized_act_bytes(af, w.cols);
-    std::vector<uint8_t> act(static_cast<size_t>(n_tokens * ab));
-    for (int64_t t = 0; t < n_tokens; ++t)
-      quantize_act(af, x + t * w.cols, act.data() + t * ab, w.cols);
-    const QuantDotFn dot = quant_dot_fn(w.type, w.rows);
+    thread_local std::vector<uint8_t> act_buf;
+    act_buf.resize(static_cast<size_t>(n_tokens * ab));
+    uint8_t* act = act_buf.data();  // the caller's buffer: the workers' thread_local is another
+    auto quantize = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) quantize_act(af, x + t * w.cols, act + t * ab, w.cols);
+    };
+    pool.parallel_for(n_tokens, quantize);  // one token: runs on the caller alone
+    const QuantGemmArgs args{w.data, w.row_bytes, act, ab, w.cols, n_tokens, y, ldy};
+    const QuantGemmFn gemm = quant_gemm_fn(w.type, w.rows);
     pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
-      for (int64_t r = t0 * kRowTile; r < std::min(w.rows, t1 * kRowTile); ++r) {
-        const uint8_t* row = w.data + r * w.row_bytes;
-        for (int64_t tok = 0; tok < n_tokens; ++tok)
-          y[tok * ldy + r] = dot(row, act.data() + tok * ab, w.cols);
-      }
+      gemm(args, t0 * kRowTile, std::min(w.rows, t1 * kRowTile));
     });
     return;
   }

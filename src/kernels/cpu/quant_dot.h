@@ -44,6 +44,8 @@ struct QuantDotOps {
   float (*q4_k_8x8)(const void*, const void*, int64_t);
   float (*q6_k)(const void*, const void*, int64_t);
   void (*swiglu)(const float*, const float*, float*, int64_t);
+  // quantize_act() (same bytes on every path).
+  void (*quantize)(ActFormat, const float*, void*, int64_t);
   // Attention pieces (fp16-rounded inputs): ggml's f16 dot and softmax exponentials.
   float (*dot_f16)(const float*, const float*, int64_t);
   float (*dot_f16_chain)(const float*, const float*, int64_t);

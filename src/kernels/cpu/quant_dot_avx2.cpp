@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/quant_dot.h"
+#include "core/float_convert.h"
 #include "kernels/cpu/quant_dot_impl.h"
 
 namespace fennec::kernels {
@@ -15,7 +16,9 @@ using impl::BlockQ5_0;
 using impl::BlockQ5_1;
 using impl::BlockQ8_0;
 using impl::BlockQ8_1;
-using impl::h2f;
+
+// F16C conversion: exact for every fp16 value, subnormals included (kernel_test checks all).
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 inline float hsum8(__m256 v) {
   float a[8];
@@ -122,6 +125,119 @@ float dot_q8_0(const void* vx, const void* vy, int64_t n) {
   return hsum8(acc);
 }
 
+// ---- Activation quantization: the bytes of quant_dot_scalar.cpp's quantize_q8_x/q8_k ---------
+// Maxima are exact in any order, products and divisions are the scalar ones lane by lane, and
+// _mm256_round_ps to nearest is nearbyint (and nearest_int's 1.5 * 2^23 trick, |v| <= 127.x).
+
+inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i round_to_int(__m256 v) {
+  return _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// 32 int32 (each in [-128, 127]) -> 32 bytes in order.
+inline __m256i pack32(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+  return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+template <class Block>
+void quantize_q8_x(const float* x, Block* y, int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float* v = x + b * 32;
+    __m256 f[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      f[k] = _mm256_loadu_ps(v + 8 * k);
+      m = _mm256_max_ps(m, _mm256_and_ps(f[k], abs_mask));
+    }
+    const float amax = hmax8(m);
+    const float d = amax / 127.0f;
+    const float id = amax != 0 ? 127.0f / amax : 0.0f;
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) q[k] = round_to_int(_mm256_mul_ps(f[k], _mm256_set1_ps(id)));
+    Block out;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.qs), pack32(q[0], q[1], q[2], q[3]));
+    out.d = f32_to_fp16(d);
+    if constexpr (sizeof(Block) == sizeof(BlockQ8_1)) {
+      const int32_t sum =
+          hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+      out.s = f32_to_fp16(d * static_cast<float>(sum));
+    }
+    std::memcpy(y + b, &out, sizeof(Block));
+  }
+}
+
+void quantize_q8_k(const float* x, quant::BlockQ8K* y, int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const float* v = x + b * 256;
+    quant::BlockQ8K& out = y[b];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 32; ++k)
+      m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
+    const float amax = hmax8(m);
+    if (amax == 0) {
+      std::memset(&out, 0, sizeof(out));
+      continue;
+    }
+    // The scalar loop keeps the first element of largest magnitude (a strict >).
+    float max = 0;
+    for (int k = 0; k < 32; ++k) {
+      const __m256 a = _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask);
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(amax), _CMP_EQ_OQ));
+      if (hit) {
+        max = v[8 * k + __builtin_ctz(static_cast<unsigned>(hit))];
+        break;
+      }
+    }
+    const float iscale = -127.f / max;
+    const __m256i top = _mm256_set1_epi32(127);
+    for (int g = 0; g < 8; ++g) {  // 32 values, two bsums at a time
+      __m256i q[4];
+      for (int k = 0; k < 4; ++k)
+        q[k] =
+            _mm256_min_epi32(top, round_to_int(_mm256_mul_ps(_mm256_set1_ps(iscale),
+                                                             _mm256_loadu_ps(v + 32 * g + 8 * k))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.qs + 32 * g),
+                          pack32(q[0], q[1], q[2], q[3]));
+      out.bsums[2 * g] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[0], q[1])));
+      out.bsums[2 * g + 1] = static_cast<int16_t>(hsum_epi32(_mm256_add_epi32(q[2], q[3])));
+    }
+    out.d = 1 / iscale;
+  }
+}
+
+void quantize_act_avx2(ActFormat f, const float* x, void* out, int64_t n) {
+  switch (f) {
+    case ActFormat::kQ8_0:
+      quantize_q8_x(x, static_cast<BlockQ8_0*>(out), n);
+      return;
+    case ActFormat::kQ8_1:
+      quantize_q8_x(x, static_cast<BlockQ8_1*>(out), n);
+      return;
+    case ActFormat::kQ8_K:
+      quantize_q8_k(x, static_cast<quant::BlockQ8K*>(out), n);
+      return;
+    default:
+      std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
+      return;
+  }
+}
+
 }  // namespace
 
 const QuantDotOps& quant_dot_ops_avx2() {
@@ -134,6 +250,7 @@ const QuantDotOps& quant_dot_ops_avx2() {
                                impl::dot_q4_k_8x8,
                                impl::dot_q6_k,
                                impl::swiglu,
+                               quantize_act_avx2,
                                impl::dot_f16,
                                impl::dot_f16_chain,
                                impl::softmax_exp};

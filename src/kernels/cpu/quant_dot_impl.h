@@ -242,6 +242,14 @@ inline float dot_q6_k(const void* vx, const void* vy, int64_t n) {
   return hsum8(acc);
 }
 
+// j * 2^n for |n| <= 192 and j near 1, rounded once as std::ldexp (and AVX-512's scalef) round
+// it, without ldexp's library call: j * 2^(n/2) is exact (normal), the second factor rounds.
+inline float scale_pow2(float j, int n) {
+  const int n1 = n / 2, n2 = n - n1;
+  return j * bits_to_f32(static_cast<uint32_t>(n1 + 127) << 23) *
+         bits_to_f32(static_cast<uint32_t>(n2 + 127) << 23);
+}
+
 // ggml_v_expf: exp by range reduction and a degree-5 polynomial (fused steps as in ggml).
 inline float expf_ggml(float x) {
   const float r = 0x1.8p23f;
@@ -254,7 +262,7 @@ inline float expf_ggml(float x) {
                            u, std::fma(0x1.ffffecp-1f, b, 1.0f));
   if (nn > 192.0f) return INFINITY;
   if (nn < -192.0f) return 0.0f;
-  return std::ldexp(j, static_cast<int>(nn));
+  return scale_pow2(j, static_cast<int>(nn));
 }
 
 // _mm512_reduce_add_ps as GCC expands it: halves, quarters, then pairs.

@@ -10,14 +10,6 @@ namespace fennec::kernels {
 
 using formats::GgmlType;
 
-const QuantDotOps& quant_dot_ops_scalar() {
-  static const QuantDotOps ops{impl::dot_q4_0,     impl::dot_q4_1,      impl::dot_q5_0,
-                               impl::dot_q5_1,     impl::dot_q8_0,      impl::dot_q4_k,
-                               impl::dot_q4_k_8x8, impl::dot_q6_k,      impl::swiglu,
-                               impl::dot_f16,      impl::dot_f16_chain, impl::softmax_exp};
-  return ops;
-}
-
 const QuantDotOps& quant_dot_ops() {
   return active_simd_level() >= SimdLevel::kAvx2 ? quant_dot_ops_avx2() : quant_dot_ops_scalar();
 }
@@ -111,9 +103,7 @@ void quantize_q8_k(const float* x, quant::BlockQ8K* y, int64_t n) {
   }
 }
 
-}  // namespace
-
-void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
+void quantize_act_scalar(ActFormat f, const float* x, void* out, int64_t n) {
   switch (f) {
     case ActFormat::kQ8_0:
       quantize_q8_x(x, static_cast<quant::BlockQ8_0*>(out), n);
@@ -128,6 +118,21 @@ void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
       std::memcpy(out, x, static_cast<size_t>(n) * sizeof(float));
       return;
   }
+}
+
+}  // namespace
+
+const QuantDotOps& quant_dot_ops_scalar() {
+  static const QuantDotOps ops{impl::dot_q4_0,      impl::dot_q4_1,     impl::dot_q5_0,
+                               impl::dot_q5_1,      impl::dot_q8_0,     impl::dot_q4_k,
+                               impl::dot_q4_k_8x8,  impl::dot_q6_k,     impl::swiglu,
+                               quantize_act_scalar, impl::dot_f16,      impl::dot_f16_chain,
+                               impl::softmax_exp};
+  return ops;
+}
+
+void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
+  quant_dot_ops().quantize(f, x, out, n);
 }
 
 QuantDotFn quant_dot_fn(GgmlType t, int64_t rows) {

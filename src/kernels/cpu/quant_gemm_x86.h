@@ -1,0 +1,472 @@
+// Tile kernels of quant_gemm.h written with AVX2 intrinsics, compiled once per x86 ISA:
+// quant_gemm_avx2.cpp (-mavx2 -mfma -mf16c) and quant_gemm_avx512.cpp (AVX-512 flags: 32 vector
+// registers, and VNNI's vpdpbusd in place of vpmaddubsw + vpmaddwd). Included only by those
+// files; the unnamed namespace gives each its own copy (see quant_dot_impl.h for why).
+//
+// Every float step per output is the one of the per-output bodies in quant_dot_impl.h, in the
+// same order; only the integer lane sums are formed differently, and integer sums are exact
+// (no product pair here can saturate vpmaddubsw's int16: |nibble or 6-bit value| * 127 * 2 and
+// 128 * 127 * 2 stay below 32767, and Q8 activations lie in [-127, 127]).
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/quant_gemm.h"
+#include "quant/blocks.h"
+
+namespace fennec::kernels::x86 {
+namespace {  // NOLINT(google-build-namespaces): one copy per ISA
+
+using quant::BlockQ4_0;
+using quant::BlockQ4_1;
+using quant::BlockQ4K;
+using quant::BlockQ5_0;
+using quant::BlockQ5_1;
+using quant::BlockQ6K;
+using quant::BlockQ8_0;
+using quant::BlockQ8_1;
+using quant::BlockQ8K;
+
+// F16C conversion: exact for every fp16 value, subnormals included (kernel_test checks all).
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// Eight int32 lanes, lane k = the exact sum of the products of bytes 4k..4k+3; ux unsigned.
+inline __m256i lanes_us(__m256i ux, __m256i y) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ux, y);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ux, y), _mm256_set1_epi16(1));
+#endif
+}
+// Both signed: |x| times y with x's sign.
+inline __m256i lanes_ss(__m256i x, __m256i y) {
+  return lanes_us(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+// 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high (16..31).
+inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// 32 bits -> 32 bytes, 0xFF where the bit is set.
+inline __m256i bits32(const uint8_t* qh) {
+  uint32_t x;
+  std::memcpy(&x, qh, 4);
+  const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(x)), shuf);
+  v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
+
+// ggml's hsum_float_8 of four outputs at once: lane i of the result is
+// ((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3)) of v[i], the same additions as impl::hsum8.
+inline __m128 hsum8x4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  __m128 h0 = _mm_add_ps(_mm256_extractf128_ps(v0, 1), _mm256_castps256_ps128(v0));
+  __m128 h1 = _mm_add_ps(_mm256_extractf128_ps(v1, 1), _mm256_castps256_ps128(v1));
+  __m128 h2 = _mm_add_ps(_mm256_extractf128_ps(v2, 1), _mm256_castps256_ps128(v2));
+  __m128 h3 = _mm_add_ps(_mm256_extractf128_ps(v3, 1), _mm256_castps256_ps128(v3));
+  _MM_TRANSPOSE4_PS(h0, h1, h2, h3);
+  return _mm_add_ps(_mm_add_ps(h0, h2), _mm_add_ps(h1, h3));
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Software prefetch of the weights a kernel reads next (the following rows: `bytes` from
+// `next`), spread evenly over the `steps` block steps of the current pass, one cache line after
+// another. The tiles read several rows side by side, which the hardware prefetcher follows
+// poorly. Measured on Zen 4, one token through a 178 MB Q8_0 matrix: 12 GB/s on two cores
+// without software prefetch, 17 with one prefetch per row at the same offset in the next tile,
+// 35 with this linear walk (a plain sequential read: 39); on one core 8.6 -> 18 GB/s.
+class Prefetcher {
+ public:
+  Prefetcher(const char* next, int64_t bytes, int64_t steps)
+      : next_(next), lines_per_step_((bytes + 64 * steps - 1) / (64 * steps)) {}
+  void step(int64_t s) const {
+    const char* p = next_ + s * lines_per_step_ * 64;
+    for (int64_t k = 0; k < lines_per_step_; ++k) _mm_prefetch(p + 64 * k, _MM_HINT_T0);
+  }
+
+ private:
+  const char* next_;
+  int64_t lines_per_step_;
+};
+
+// Per-call scratch for the activations' block scales, converted once instead of once per row.
+inline float* scratch(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// ---- Legacy 32-element blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) -------------------------------
+// Per block b of each output: d = fp16(x.d) * fp16(y.d); acc = fma(d, lanes, acc); for the
+// types with a minimum, summs += fp16(x.m) * fp16(y.s). Then hsum8(acc) (+ summs).
+
+struct LegacyQ4_0 {
+  using Block = BlockQ4_0;
+  using Act = BlockQ8_0;
+  static constexpr bool kMin = false;
+  static __m256i unpack(const Block& x) {
+    return _mm256_sub_epi8(nibbles32(x.qs), _mm256_set1_epi8(8));
+  }
+  static __m256i lanes(__m256i qx, __m256i qy) { return lanes_ss(qx, qy); }
+};
+
+struct LegacyQ5_0 {
+  using Block = BlockQ5_0;
+  using Act = BlockQ8_0;
+  static constexpr bool kMin = false;
+  static __m256i unpack(const Block& x) {
+    // Without the fifth bit the value is nibble - 16: set the high nibble to 0xF.
+    const __m256i hi = _mm256_andnot_si256(bits32(x.qh), _mm256_set1_epi8(static_cast<char>(0xF0)));
+    return _mm256_or_si256(nibbles32(x.qs), hi);
+  }
+  static __m256i lanes(__m256i qx, __m256i qy) { return lanes_ss(qx, qy); }
+};
+
+struct LegacyQ8_0 {
+  using Block = BlockQ8_0;
+  using Act = BlockQ8_0;
+  static constexpr bool kMin = false;
+  static __m256i unpack(const Block& x) { return load32(x.qs); }
+  static __m256i lanes(__m256i qx, __m256i qy) { return lanes_ss(qx, qy); }
+};
+
+struct LegacyQ4_1 {
+  using Block = BlockQ4_1;
+  using Act = BlockQ8_1;
+  static constexpr bool kMin = true;
+  static __m256i unpack(const Block& x) { return nibbles32(x.qs); }
+  static __m256i lanes(__m256i qx, __m256i qy) { return lanes_us(qx, qy); }
+};
+
+struct LegacyQ5_1 {
+  using Block = BlockQ5_1;
+  using Act = BlockQ8_1;
+  static constexpr bool kMin = true;
+  static __m256i unpack(const Block& x) {
+    return _mm256_or_si256(nibbles32(x.qs), _mm256_and_si256(bits32(x.qh), _mm256_set1_epi8(0x10)));
+  }
+  static __m256i lanes(__m256i qx, __m256i qy) { return lanes_us(qx, qy); }
+};
+
+// The scales of block b in four rows: lanes 0..3 the d of each row, 4..7 its m (the 16 bits
+// after d, which only the types with a minimum use).
+template <class Block>
+inline __m256 row_scales4(const Block* const* x, int64_t b) {
+  uint32_t w[4];
+  for (int i = 0; i < 4; ++i) std::memcpy(&w[i], &x[i][b], 4);
+  const __m256 v = _mm256_cvtph_ps(_mm_setr_epi32(static_cast<int>(w[0]), static_cast<int>(w[1]),
+                                                  static_cast<int>(w[2]), static_cast<int>(w[3])));
+  return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+// R rows (r..r+R-1) times C tokens (t..t+C-1), each output its own accumulator. yd/ys: the
+// activations' converted scales, [token][block].
+template <class K, int R, int C>
+void legacy_tile(const QuantGemmArgs& a, int64_t r, int64_t t, const float* yd, const float* ys,
+                 bool prefetch) {
+  using Block = typename K::Block;
+  using Act = typename K::Act;
+  const int64_t nb = a.n / 32;
+  const Block* x[4];
+  for (int i = 0; i < 4; ++i)  // rows past R repeat the last one: loaded, never stored
+    x[i] = reinterpret_cast<const Block*>(a.w + (r + std::min(i, R - 1)) * a.w_stride);
+  const Act* y[C];
+  for (int c = 0; c < C; ++c) y[c] = reinterpret_cast<const Act*>(a.act + (t + c) * a.act_stride);
+  __m256 acc[R][C];
+  __m128 summs[C];
+  for (int c = 0; c < C; ++c) {
+    summs[c] = _mm_setzero_ps();
+    for (int i = 0; i < R; ++i) acc[i][c] = _mm256_setzero_ps();
+  }
+  const Prefetcher pf(reinterpret_cast<const char*>(x[0]) + R * a.w_stride, R * a.w_stride, nb);
+  for (int64_t b = 0; b < nb; ++b) {
+    if (prefetch) pf.step(b);
+    const __m256 xs = row_scales4(x, b);
+    const __m128 xd = _mm256_castps256_ps128(xs);
+    __m256i qx[R];
+    for (int i = 0; i < R; ++i) qx[i] = K::unpack(x[i][b]);
+    for (int c = 0; c < C; ++c) {
+      const __m256i qy = load32(y[c][b].qs);
+      alignas(16) float d[4];
+      _mm_store_ps(d, _mm_mul_ps(xd, _mm_set1_ps(yd[(t + c) * nb + b])));
+      for (int i = 0; i < R; ++i)
+        acc[i][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(d + i),
+                                    _mm256_cvtepi32_ps(K::lanes(qx[i], qy)), acc[i][c]);
+      if constexpr (K::kMin)
+        summs[c] = _mm_add_ps(
+            summs[c], _mm_mul_ps(_mm256_extractf128_ps(xs, 1), _mm_set1_ps(ys[(t + c) * nb + b])));
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    __m128 out = hsum8x4(acc[0][c], acc[std::min(1, R - 1)][c], acc[std::min(2, R - 1)][c],
+                         acc[std::min(3, R - 1)][c]);
+    if constexpr (K::kMin) out = _mm_add_ps(out, summs[c]);
+    float* dst = a.y + (t + c) * a.ldy + r;
+    if constexpr (R == 4) {
+      _mm_storeu_ps(dst, out);
+    } else {
+      alignas(16) float o[4];
+      _mm_store_ps(o, out);
+      for (int i = 0; i < R; ++i) dst[i] = o[i];
+    }
+  }
+}
+
+using LegacyTileFn = void (*)(const QuantGemmArgs&, int64_t, int64_t, const float*, const float*,
+                              bool);
+
+template <class K, int R, int... C>
+constexpr std::array<LegacyTileFn, sizeof...(C)> legacy_row(std::integer_sequence<int, C...>) {
+  return {&legacy_tile<K, R, C + 1>...};
+}
+
+// Tiles of 4 rows (4 fma chains hide the fma latency even for one token) by up to kTokens
+// tokens, row tiles outermost: a tile's weights stay in L1 while the activations stream by.
+template <int kTokens, class K>
+void legacy_gemm(const QuantGemmArgs& a, int64_t r0, int64_t r1) {
+  using Act = typename K::Act;
+  constexpr int kRows = 4;
+  static constexpr std::array<std::array<LegacyTileFn, kTokens>, kRows> kTiles = {
+      legacy_row<K, 1>(std::make_integer_sequence<int, kTokens>()),
+      legacy_row<K, 2>(std::make_integer_sequence<int, kTokens>()),
+      legacy_row<K, 3>(std::make_integer_sequence<int, kTokens>()),
+      legacy_row<K, 4>(std::make_integer_sequence<int, kTokens>())};
+  const int64_t nb = a.n / 32;
+  const int64_t nt = a.n_tokens;
+  float* yd = scratch(static_cast<size_t>(nt * nb * (K::kMin ? 2 : 1)));
+  float* ys = yd + nt * nb;
+  for (int64_t t = 0; t < nt; ++t) {
+    const Act* y = reinterpret_cast<const Act*>(a.act + t * a.act_stride);
+    for (int64_t b = 0; b < nb; ++b) {
+      yd[t * nb + b] = h2f(y[b].d);
+      if constexpr (K::kMin) ys[t * nb + b] = h2f(y[b].s);
+    }
+  }
+  for (int64_t r = r0; r < r1; r += kRows) {
+    const int64_t nr = std::min<int64_t>(kRows, r1 - r);
+    for (int64_t t = 0; t < nt; t += kTokens) {
+      const int64_t nc = std::min<int64_t>(kTokens, nt - t);
+      kTiles[nr - 1][nc - 1](a, r, t, yd, ys, t == 0);
+    }
+  }
+}
+
+// ---- Q4_K (256-element super-blocks, 8 sub-blocks of 32 with 6-bit scales and mins) ----------
+
+// The 12 packed bytes -> 16 int16: the eight scales, then the eight mins (ggml's utmp shuffle).
+inline __m256i q4k_scales_mins(const uint8_t* packed) {
+  uint32_t u[4];
+  std::memcpy(u, packed, 12);
+  constexpr uint32_t kMask1 = 0x3f3f3f3f, kMask2 = 0x0f0f0f0f, kMask3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & kMask2) | (((u[1] >> 6) & kMask3) << 4);
+  const uint32_t t = u[1] & kMask1;
+  u[1] = (u[2] & kMask2) | (((u[0] >> 6) & kMask3) << 4);
+  u[2] = t;
+  u[0] &= kMask1;
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)));
+}
+
+// One row times C tokens. The integer lanes are those of impl::dot_q4_k: lane k sums the bytes
+// 4k..4k+3 of each 32-element sub-block times its scale; the repacked order (k8x8) adds them all
+// up instead, which integers allow.
+template <bool k8x8, int C>
+void q4k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
+  const int64_t nsb = a.n / 256;
+  const auto* x = reinterpret_cast<const BlockQ4K*>(a.w + r * a.w_stride);
+  const BlockQ8K* y[C];
+  for (int c = 0; c < C; ++c)
+    y[c] = reinterpret_cast<const BlockQ8K*>(a.act + (t + c) * a.act_stride);
+  __m256 acc[C];
+  __m128 acc_m[C];
+  float acc1[C], acc_min[C];
+  for (int c = 0; c < C; ++c) {
+    acc[c] = _mm256_setzero_ps();
+    acc_m[c] = _mm_setzero_ps();
+    acc1[c] = acc_min[c] = 0;
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const Prefetcher pf(reinterpret_cast<const char*>(x) + a.w_stride, a.w_stride, nsb);
+  for (int64_t i = 0; i < nsb; ++i) {
+    if (t == 0) pf.step(i);
+    const BlockQ4K& xb = x[i];
+    const __m256i sm = q4k_scales_mins(xb.scales);
+    alignas(32) int16_t s16[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s16), sm);
+    // Each min twice, for vpmaddwd with the pairs of 16-element sums of the activations.
+    const __m128i mins = _mm256_extracti128_si256(sm, 1);
+    const __m256i mins2 =
+        _mm256_set_m128i(_mm_unpackhi_epi16(mins, mins), _mm_unpacklo_epi16(mins, mins));
+    __m256i lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = load32(xb.qs + 32 * j);
+      lo[j] = _mm256_and_si256(q, m4);
+      hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    }
+    const float xd = h2f(xb.d), xdmin = h2f(xb.dmin);
+    for (int c = 0; c < C; ++c) {
+      const BlockQ8K& yb = y[c][i];
+      __m256i sumi = _mm256_setzero_si256();
+      for (int j = 0; j < 4; ++j) {
+        const __m256i pl = _mm256_maddubs_epi16(lo[j], load32(yb.qs + 64 * j));
+        const __m256i ph = _mm256_maddubs_epi16(hi[j], load32(yb.qs + 64 * j + 32));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(s16[2 * j])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(s16[2 * j + 1])));
+      }
+      // lane k: mins[k] * (bsums[2k] + bsums[2k + 1])
+      const __m256i pm = _mm256_madd_epi16(load32(yb.bsums), mins2);
+      if constexpr (k8x8) {
+        acc1[c] = std::fma(static_cast<float>(hsum_epi32(sumi)), xd * yb.d, acc1[c]);
+        acc_min[c] = std::fma(static_cast<float>(hsum_epi32(pm)), xdmin * yb.d, acc_min[c]);
+      } else {
+        const float d = yb.d * xd;
+        const float dmin = -yb.d * xdmin;
+        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[c]);
+        const __m128i prod =
+            _mm_hadd_epi32(_mm256_castsi256_si128(pm), _mm256_extracti128_si256(pm, 1));
+        acc_m[c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[c]);
+      }
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    float* dst = a.y + (t + c) * a.ldy + r;
+    if constexpr (k8x8) {
+      *dst = acc1[c] - acc_min[c];
+    } else {
+      alignas(16) float m[4];
+      _mm_store_ps(m, acc_m[c]);
+      const float mm = (m[0] + m[2]) + (m[1] + m[3]);
+      *dst = _mm_cvtss_f32(hsum8x4(acc[c], acc[c], acc[c], acc[c])) + mm;
+    }
+  }
+}
+
+// ---- Q6_K (256-element super-blocks, 16 sub-blocks of 16 with int8 scales) --------------------
+
+// One row times C tokens; lanes as impl::dot_q6_k: lane k sums bytes 4k..4k+3 of each 32-byte
+// slice times the scale of its 16-element half, minus 32 * scale * (the activations' sums).
+template <int C>
+void q6k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
+  const int64_t nsb = a.n / 256;
+  const auto* x = reinterpret_cast<const BlockQ6K*>(a.w + r * a.w_stride);
+  const BlockQ8K* y[C];
+  for (int c = 0; c < C; ++c)
+    y[c] = reinterpret_cast<const BlockQ8K*>(a.act + (t + c) * a.act_stride);
+  __m256 acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+  // Slice s takes scale 2s (int16 at bytes 4s, 4s+1) in its low 16 bytes and 2s+1 in its high.
+  const __m256i shuf[4] = {
+      _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                       2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3),
+      _mm256_setr_epi8(4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5,  //
+                       6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7),
+      _mm256_setr_epi8(8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9,  //
+                       10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11),
+      _mm256_setr_epi8(12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13,  //
+                       14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15)};
+  const Prefetcher pf(reinterpret_cast<const char*>(x) + a.w_stride, a.w_stride, nsb);
+  for (int64_t i = 0; i < nsb; ++i) {
+    if (t == 0) pf.step(i);
+    const BlockQ6K& xb = x[i];
+    __m256i sumi[C];
+    for (int c = 0; c < C; ++c) sumi[c] = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j) {
+      const __m256i ql0 = load32(xb.ql + 64 * j);
+      const __m256i ql1 = load32(xb.ql + 64 * j + 32);
+      const __m256i qh = load32(xb.qh + 32 * j);
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                             _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                             _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                             _mm256_and_si256(qh, m2));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2));
+      const __m128i sc8 =
+          _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(xb.scales + 8 * j)));
+      const __m256i sc = _mm256_broadcastsi128_si256(sc8);
+      for (int s = 0; s < 4; ++s) {
+        const __m256i scs = _mm256_shuffle_epi8(sc, shuf[s]);
+        for (int c = 0; c < C; ++c) {
+          const __m256i p = _mm256_maddubs_epi16(q[s], load32(y[c][i].qs + 128 * j + 32 * s));
+          sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, scs));
+        }
+      }
+    }
+    const __m256i sc16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.scales)));
+    const float xd = h2f(xb.d);
+    for (int c = 0; c < C; ++c) {
+      const BlockQ8K& yb = y[c][i];
+      const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(load32(yb.bsums), sc16), 5);
+      const __m256i s = _mm256_sub_epi32(sumi[c], off);
+      acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(yb.d * xd), _mm256_cvtepi32_ps(s), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    a.y[(t + c) * a.ldy + r] = _mm_cvtss_f32(hsum8x4(acc[c], acc[c], acc[c], acc[c]));
+}
+
+using KTileFn = void (*)(const QuantGemmArgs&, int64_t, int64_t);
+
+template <template <int> class Tile, int... C>
+constexpr std::array<KTileFn, sizeof...(C)> k_tiles(std::integer_sequence<int, C...>) {
+  return {&Tile<C + 1>::run...};
+}
+
+// One row at a time (a super-block is long enough to hide the fma latency), up to kTokens
+// tokens per pass so each unpacked super-block serves several.
+template <int kTokens, template <int> class Tile>
+void k_gemm(const QuantGemmArgs& a, int64_t r0, int64_t r1) {
+  static constexpr std::array<KTileFn, kTokens> kTiles =
+      k_tiles<Tile>(std::make_integer_sequence<int, kTokens>());
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.n_tokens; t += kTokens)
+      kTiles[std::min<int64_t>(kTokens, a.n_tokens - t) - 1](a, r, t);
+}
+
+template <int C>
+struct Q4KTile {
+  static void run(const QuantGemmArgs& a, int64_t r, int64_t t) { q4k_tile<false, C>(a, r, t); }
+};
+template <int C>
+struct Q4K8x8Tile {
+  static void run(const QuantGemmArgs& a, int64_t r, int64_t t) { q4k_tile<true, C>(a, r, t); }
+};
+template <int C>
+struct Q6KTile {
+  static void run(const QuantGemmArgs& a, int64_t r, int64_t t) { q6k_tile<C>(a, r, t); }
+};
+
+// The table for this ISA; kLegacyTokens and kKTokens: tokens per tile.
+template <int kLegacyTokens, int kKTokens>
+QuantGemmOps make_ops() {
+  return QuantGemmOps{
+      &legacy_gemm<kLegacyTokens, LegacyQ4_0>, &legacy_gemm<kLegacyTokens, LegacyQ4_1>,
+      &legacy_gemm<kLegacyTokens, LegacyQ5_0>, &legacy_gemm<kLegacyTokens, LegacyQ5_1>,
+      &legacy_gemm<kLegacyTokens, LegacyQ8_0>, &k_gemm<kKTokens, Q4KTile>,
+      &k_gemm<kKTokens, Q4K8x8Tile>,           &k_gemm<kKTokens, Q6KTile>};
+}
+
+}  // namespace
+}  // namespace fennec::kernels::x86
