@@ -45,9 +45,10 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
   // key positions) in the same f16 dot. Masked positions are zeros there, so the padding changes no
   // sum.
   pool.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i0, int64_t i1) {
-    thread_local std::vector<float> keys, vt, scores, probs, qh;
+    thread_local std::vector<float> keys, vt, scores, probs, qh, vrow;
     thread_local std::vector<uint16_t> tmp16;
     qh.resize(static_cast<size_t>(p.head_dim_k));
+    vrow.resize(static_cast<size_t>(p.head_dim_v));
     tmp16.resize(static_cast<size_t>(std::max(p.head_dim_k, p.head_dim_v)));
     for (int64_t it = i0; it < i1; ++it) {
       const WorkItem& w = items[it];
@@ -77,8 +78,9 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
                        keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
         const uint16_t* vsrc =
             v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v;
-        for (int e = 0; e < p.head_dim_v; ++e)
-          vt[static_cast<size_t>(e * n_pad + kp)] = fp16_to_f32(vsrc[e]);
+        // Convert the row with the SIMD converter (exact, as the scalar one), then transpose.
+        vo.fp16_to_f32(vsrc, vrow.data(), p.head_dim_v);
+        for (int e = 0; e < p.head_dim_v; ++e) vt[static_cast<size_t>(e * n_pad + kp)] = vrow[static_cast<size_t>(e)];
       }
       for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
         const int32_t pos = sq.pos0 + qi;
