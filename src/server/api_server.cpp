@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <ctime>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "engine/json_constraint.h"
@@ -65,8 +66,6 @@ struct RequestState {
   bool stream = false;
   bool include_usage = false;
   bool want_logprobs = false;
-  int n_choices = 1;
-  int n_prompts = 1;
   std::string model;
   int64_t created = 0;
   std::shared_ptr<Response> resp;
@@ -81,7 +80,7 @@ struct RequestState {
     std::string finish;
     bool done = false;
     bool started = false;  // stream: role chunk sent
-    int n_prompt = 0, n_generated = 0, n_cached = 0;
+    int n_generated = 0;
     Clock::time_point t_last;
   };
   std::vector<Choice> choices;
@@ -111,6 +110,8 @@ struct ApiServer::Impl {
   void send_error(const std::shared_ptr<Response>& resp, const ApiError& e,
                   std::vector<std::pair<std::string, std::string>> extra = {});
   bool authorized(const HttpRequest& req) const;
+  // The 400 for a request naming a model this server does not serve ("" names the served one).
+  std::optional<ApiError> unknown_model(const std::string& model) const;
   void handle_chat(const HttpRequest& req, const std::shared_ptr<Response>& resp);
   void handle_completion(const HttpRequest& req, const std::shared_ptr<Response>& resp);
   void handle_tokenize(const HttpRequest& req, const std::shared_ptr<Response>& resp);
@@ -178,6 +179,12 @@ bool ApiServer::Impl::authorized(const HttpRequest& req) const {
   unsigned diff = 0;
   for (size_t i = 0; i < h.size(); ++i) diff |= static_cast<unsigned>(h[i] ^ want[i]);
   return diff == 0;
+}
+
+std::optional<ApiError> ApiServer::Impl::unknown_model(const std::string& model) const {
+  if (model.empty() || model == opts.served_model_name) return std::nullopt;
+  return api_error(400, "the model '" + model + "' does not exist: this server serves '" + opts.served_model_name + "'",
+                   "invalid_request_error", "model", "model_not_found");
 }
 
 void ApiServer::Impl::handle(const HttpRequest& req, std::shared_ptr<Response> resp) {
@@ -317,10 +324,7 @@ void ApiServer::Impl::handle_chat(const HttpRequest& req, const std::shared_ptr<
   auto parsed = parse_chat_request(req.body, lm.tokenizer().n_vocab());
   if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(resp, *e);
   ChatRequest& cr = std::get<ChatRequest>(parsed);
-  if (!cr.opts.model.empty() && cr.opts.model != opts.served_model_name)
-    return send_error(resp, api_error(400, "the model '" + cr.opts.model + "' does not exist: this server serves '" +
-                                               opts.served_model_name + "'",
-                                      "invalid_request_error", "model", "model_not_found"));
+  if (auto e = unknown_model(cr.opts.model)) return send_error(resp, *e);
   auto ids = lm.tokenize_chat(cr.messages, cr.add_generation_prompt);
   if (!ids) return send_error(resp, api_error(400, ids.error().message, "invalid_request_error", "messages"));
   auto st = std::make_shared<RequestState>();
@@ -335,10 +339,7 @@ void ApiServer::Impl::handle_completion(const HttpRequest& req, const std::share
   auto parsed = parse_completion_request(req.body, lm.tokenizer().n_vocab());
   if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(resp, *e);
   CompletionRequest& cr = std::get<CompletionRequest>(parsed);
-  if (!cr.opts.model.empty() && cr.opts.model != opts.served_model_name)
-    return send_error(resp, api_error(400, "the model '" + cr.opts.model + "' does not exist: this server serves '" +
-                                               opts.served_model_name + "'",
-                                      "invalid_request_error", "model", "model_not_found"));
+  if (auto e = unknown_model(cr.opts.model)) return send_error(resp, *e);
   if (cr.opts.max_tokens < 0) cr.opts.max_tokens = 16;  // OpenAI's and vLLM's default for completions
   if (!cr.suffix.empty()) return send_error(resp, api_error(400, "'suffix' is not supported", "invalid_request_error", "suffix"));
   if (cr.echo) return send_error(resp, api_error(400, "'echo' is not supported", "invalid_request_error", "echo"));
@@ -369,8 +370,6 @@ void ApiServer::Impl::run_request(std::shared_ptr<RequestState> st, const Genera
   st->stream = o.stream;
   st->include_usage = o.include_usage;
   st->want_logprobs = o.logprobs;
-  st->n_choices = o.n;
-  st->n_prompts = static_cast<int>(prompts.size());
   const auto& resp = st->resp;
   std::vector<engine::SeqRequest> seqs;
   for (size_t pi = 0; pi < prompts.size(); ++pi) {
@@ -487,13 +486,9 @@ json ApiServer::Impl::choice_logprobs(const RequestState& st, const std::vector<
 }
 
 json ApiServer::Impl::usage(const RequestState& st) const {
-  int64_t prompt = 0, completion = 0, cached = 0;
-  for (int p = 0; p < st.n_prompts; ++p) prompt += st.prompt_lens[static_cast<size_t>(p)];
-  for (const auto& c : st.choices) {
-    completion += c.n_generated;
-    cached += c.n_cached;
-  }
-  (void)cached;
+  int64_t prompt = 0, completion = 0;
+  for (int len : st.prompt_lens) prompt += len;
+  for (const auto& c : st.choices) completion += c.n_generated;
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
@@ -515,9 +510,7 @@ void ApiServer::Impl::on_event(const std::shared_ptr<RequestState>& st, size_t i
     }
     c.t_last = now;
   }
-  c.n_prompt = ev.n_prompt;
   c.n_generated = ev.n_generated;
-  c.n_cached = ev.n_cached;
   if (ev.finish != engine::SeqFinish::kNone) {
     c.done = true;
     c.finish = engine::seq_finish_name(ev.finish);
