@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <thread>
 
 #include "engine/json_constraint.h"
 #include "engine/loaded_model.h"
@@ -154,6 +155,13 @@ void ApiServer::attach(engine::LoadedModel& model, engine::Scheduler& scheduler)
 }
 
 void ApiServer::begin_drain() { impl_->draining = true; }
+
+int64_t ApiServer::drain(double timeout_seconds) {
+  begin_drain();
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_seconds);
+  while (in_flight() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  return in_flight();
+}
 
 void ApiServer::stop() {
   if (impl_ && impl_->http) impl_->http->stop();

@@ -38,6 +38,9 @@ class ApiServer {
   void attach(engine::LoadedModel& model, engine::Scheduler& scheduler);
   // Readiness turns false and new API requests get 503; requests in flight go on.
   void begin_drain();
+  // begin_drain(), then waits until no request is in flight or timeout_seconds have passed.
+  // Returns the requests still in flight (cut off by the timeout).
+  int64_t drain(double timeout_seconds);
   // Requests still being answered (streams included).
   int64_t in_flight() const;
   void stop();

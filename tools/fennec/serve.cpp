@@ -129,11 +129,7 @@ int serve(const ServeFlags& f) {
   while (g_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::fprintf(stderr, "fennec: signal %d: draining (%lld requests in flight, up to %.0f s)\n", g_signal.load(),
                static_cast<long long>((*srv)->in_flight()), f.drain_timeout);
-  (*srv)->begin_drain();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(f.drain_timeout);
-  while ((*srv)->in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const int64_t left = (*srv)->in_flight();
+  const int64_t left = (*srv)->drain(f.drain_timeout);
   scheduler.stop();  // anything left ends as aborted
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   (*srv)->stop();
