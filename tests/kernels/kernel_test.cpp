@@ -2,6 +2,7 @@
 // forces) must agree with scalar code within a stated tolerance.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -11,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_kernels.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_dot.h"
@@ -184,6 +186,76 @@ TEST(AttentionKernelTest, PagedMatchesDenseReference) {
               << "window " << window << " q " << i << " head " << h;
         }
       }
+  }
+}
+
+// The AVX2 attention body reorders the loops but must give the scalar body's bits: decode
+// (one query: ggml_vec_dot_f16 order) and chunks of queries (tinyBLAS chain order), GQA, head
+// sizes 16/64/256 (64-multiple and not), sliding windows, softcap, long contexts, and scores
+// spread wide enough that some weights underflow to fp16 subnormals or zero.
+TEST(AttentionKernelTest, Avx2BodyMatchesScalarBitForBit) {
+  if (detect_simd_level() < SimdLevel::kAvx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  struct Shape {
+    int n_heads, n_kv, dk, dv, window;
+    float softcap, q_scale;
+  };
+  const Shape shapes[] = {{9, 3, 64, 64, 0, 0.0f, 1.0f},   {4, 1, 256, 256, 0, 0.0f, 0.5f},
+                          {4, 2, 16, 16, 37, 0.0f, 3.0f},  {8, 4, 80, 80, 0, 0.0f, 1.0f},
+                          {4, 1, 256, 256, 100, 30.0f, 2.0f}, {2, 2, 32, 48, 0, 0.0f, 8.0f}};
+  const int bs = 16;
+  uint32_t seed = 100;
+  for (const Shape& sh : shapes) {
+    // Three sequences: a decode step deep in the context, a chunk of 45 queries starting at 130,
+    // and a short prompt from position 0.
+    struct SeqSpec {
+      int n_q, pos0;
+    };
+    const SeqSpec specs[] = {{1, 333}, {45, 130}, {7, 0}};
+    const int n_seqs = 3;
+    const int max_pos = 334;
+    const int blocks_per_seq = (max_pos + bs - 1) / bs;
+    const int n_blocks = n_seqs * blocks_per_seq;
+    const int64_t kw = static_cast<int64_t>(sh.n_kv) * sh.dk, vw = static_cast<int64_t>(sh.n_kv) * sh.dv;
+    std::vector<uint16_t> kc(static_cast<size_t>(n_blocks * bs * kw)), vc(static_cast<size_t>(n_blocks * bs * vw));
+    auto kf = random_vec(kc.size(), seed++), vf = random_vec(vc.size(), seed++);
+    for (size_t i = 0; i < kc.size(); ++i) kc[i] = f32_to_fp16(kf[i]);
+    for (size_t i = 0; i < vc.size(); ++i) vc[i] = f32_to_fp16(vf[i]);
+    // Shuffled block tables.
+    std::vector<int32_t> perm(static_cast<size_t>(n_blocks));
+    for (int i = 0; i < n_blocks; ++i) perm[static_cast<size_t>(i)] = i;
+    std::shuffle(perm.begin(), perm.end(), std::mt19937(seed++));
+    std::vector<AttnSequence> seqs;
+    int64_t rows = 0;
+    for (int s = 0; s < n_seqs; ++s) {
+      seqs.push_back({rows, specs[s].n_q, specs[s].pos0, perm.data() + s * blocks_per_seq});
+      rows += specs[s].n_q;
+    }
+    const int64_t ldq = static_cast<int64_t>(sh.n_heads) * sh.dk, ldo = static_cast<int64_t>(sh.n_heads) * sh.dv;
+    auto q = random_vec(static_cast<size_t>(rows * ldq), seed++, sh.q_scale);
+    AttnParams ap;
+    ap.n_heads = sh.n_heads;
+    ap.n_kv_heads = sh.n_kv;
+    ap.head_dim_k = sh.dk;
+    ap.head_dim_v = sh.dv;
+    ap.block_size = bs;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.dk));
+    ap.window = sh.window;
+    ap.softcap = sh.softcap;
+    std::vector<float> ref(static_cast<size_t>(rows * ldo), -1.0f), got(ref.size(), -2.0f);
+    const AttnArgs a_ref{q.data(), ldq, kc.data(), vc.data(), &ap, ref.data(), ldo};
+    const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
+    for (int s = 0; s < n_seqs; ++s)
+      for (int h = 0; h < sh.n_kv; ++h)
+        for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32) {
+          const AttnItem it{&seqs[static_cast<size_t>(s)], h, b,
+                            std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)};
+          attention_item_scalar()(a_ref, it);
+          attention_item_avx2()(a_got, it);
+        }
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
+          << "heads " << sh.n_heads << "/" << sh.n_kv << " dk " << sh.dk << " window " << sh.window
+          << " output " << i << ": " << ref[i] << " vs " << got[i];
   }
 }
 

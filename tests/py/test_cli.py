@@ -109,3 +109,40 @@ def test_weights_are_not_copied(fennec, model):
     rss, file_mib, kv_mib = nums
     print(line)
     assert rss < file_mib + kv_mib + 64, line
+
+
+def test_bench_json_has_llama_bench_fields(fennec):
+    """`fennec bench --json` carries llama-bench's field names with consistent values; the model
+    size and parameter count are those the gguf package reads from the file."""
+    r = run([fennec, "bench", "-m", str(SMOL), "-p", "32", "-n", "8", "-r", "2", "-t", "2",
+             "--parallel", "1,4", "--json"])
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"], x["n_parallel"]) for x in rows] == [(32, 0, 1), (0, 8, 1), (0, 8, 4)]
+    reader = gguf.GGUFReader(str(SMOL))
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    size = sum(int(t.n_bytes) for t in reader.tensors)
+    for x in rows:
+        for key in ("model_filename", "model_type", "n_threads", "avg_ns", "stddev_ns", "avg_ts",
+                    "stddev_ts", "samples_ns", "samples_ts", "n_batch", "test_time"):
+            assert key in x
+        assert x["model_n_params"] == n_params and x["model_size"] == size
+        assert x["n_threads"] == 2 and len(x["samples_ts"]) == 2
+        tokens = x["n_prompt"] or x["n_gen"] * x["n_parallel"]
+        for ns, ts in zip(x["samples_ns"], x["samples_ts"]):
+            assert ts == pytest.approx(tokens * 1e9 / ns, rel=1e-6)
+        assert x["avg_ts"] == pytest.approx(sum(x["samples_ts"]) / 2, rel=1e-6)
+        assert x["mem_bandwidth_gbs"] > 0
+    assert rows[1]["roofline_share"] > 0
+
+
+def test_bench_table_layout(fennec):
+    r = run([fennec, "bench", "-m", str(SMOL), "-p", "16", "-n", "4", "-r", "1", "-t", "1"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header == ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    tests = [[c.strip() for c in line.split("|")[1:-1]][5] for line in lines[2:4]]
+    assert tests == ["pp16", "tg4"]
+    assert re.search(r"memory read bandwidth: [0-9.]+ GB/s", r.stdout)
+    assert re.search(r"decode roofline .* = [0-9]+% of it", r.stdout)

@@ -8,6 +8,7 @@ void add_info_command(CLI::App& app);
 void add_run_commands(CLI::App& app);        // run, chat
 void add_perplexity_command(CLI::App& app);
 void add_serve_command(CLI::App& app);       // serve
+void add_bench_command(CLI::App& app);       // bench
 int exit_code();
 void set_exit_code(int code);
 

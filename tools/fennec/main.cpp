@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   fennec::cli::add_run_commands(app);
   fennec::cli::add_perplexity_command(app);
   fennec::cli::add_serve_command(app);
+  fennec::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "core/float_convert.h"
+#include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
 
@@ -13,107 +15,103 @@ namespace fennec::kernels {
 namespace {
 constexpr int32_t kQueryChunk = 32;
 
-struct WorkItem {
-  int seq;
-  int kv_head;
-  int32_t q_begin;
-  int32_t q_end;
-};
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The arithmetic follows ggml's CPU attention without flash attention (what llama.cpp runs
+// by default there), so logits match it: Q rounded to fp16 meets the fp16 keys in an f16
+// dot in ggml's order; the softmax takes ggml's exp over chunks of 16 key positions counted
+// from position 0; the weights are rounded to fp16 and meet V (per output dimension, over key
+// positions) in the same f16 dot. Masked positions are zeros there, so the padding changes no
+// sum. This is the reference body: plain loops over the per-output dot products of
+// quant_dot_impl.h. The AVX2 body computes the same operations in another loop order.
+void attend_scalar(const AttnArgs& a, const AttnItem& w) {
+  const AttnParams& p = *a.p;
+  const AttnSequence& sq = *w.seq;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int64_t k_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_k;
+  const int64_t v_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_v;
+  const VecOps& vo = vec_ops_scalar();
+  const QuantDotOps& qo = quant_dot_ops_scalar();
+  thread_local std::vector<float> keys, vt, scores, probs, qh, vrow;
+  thread_local std::vector<uint16_t> tmp16;
+  qh.resize(static_cast<size_t>(p.head_dim_k));
+  vrow.resize(static_cast<size_t>(p.head_dim_v));
+  tmp16.resize(static_cast<size_t>(std::max(p.head_dim_k, p.head_dim_v)));
+  // llama.cpp's f16 products go through llamafile's GEMM (one fma chain per lane) when two or
+  // more query tokens are evaluated and through ggml_vec_dot_f16 for one. fennec decides per
+  // sequence, so a sequence's result never depends on what shares its batch.
+  float (*dot)(const float*, const float*, int64_t) =
+      sq.n_queries >= 2 ? qo.dot_f16_chain : qo.dot_f16;
+  const int32_t first_pos = sq.pos0 + w.q_begin;
+  const int32_t last_pos = sq.pos0 + w.q_end - 1;
+  const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
+  const int32_t n_keys = last_pos + 1 - k_lo;
+  const int64_t n_pad = round_up(last_pos + 1, 64);
+  keys.resize(static_cast<size_t>(n_keys) * p.head_dim_k);
+  vt.assign(static_cast<size_t>(p.head_dim_v * n_pad), 0.0f);
+  scores.resize(static_cast<size_t>(n_pad));
+  probs.resize(static_cast<size_t>(n_pad));
+  // This head's keys, and its values transposed (dimension-major, absolute key position).
+  for (int32_t j = 0; j < n_keys; ++j) {
+    const int32_t kp = k_lo + j;
+    const int64_t slot =
+        static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+    vo.fp16_to_f32(a.k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
+                   keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
+    vo.fp16_to_f32(a.v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v,
+                   vrow.data(), p.head_dim_v);
+    for (int e = 0; e < p.head_dim_v; ++e)
+      vt[static_cast<size_t>(e * n_pad + kp)] = vrow[static_cast<size_t>(e)];
+  }
+  for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
+    const int32_t pos = sq.pos0 + qi;
+    const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
+    const int64_t m = round_up(pos + 1, 16);  // softmax row: whole chunks of 16
+    const int64_t row = sq.row + qi;
+    for (int g = 0; g < group; ++g) {
+      const int head = w.kv_head * group + g;
+      vo.f32_to_fp16(a.q + row * a.ldq + static_cast<int64_t>(head) * p.head_dim_k, tmp16.data(),
+                     p.head_dim_k);
+      vo.fp16_to_f32(tmp16.data(), qh.data(), p.head_dim_k);
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < m; ++j) {
+        if (j < lo || j > pos) {
+          scores[j] = -INFINITY;
+          continue;
+        }
+        float sc = dot(qh.data(), keys.data() + (j - k_lo) * p.head_dim_k, p.head_dim_k) * p.scale;
+        if (p.softcap > 0) sc = p.softcap * std::tanh(sc / p.softcap);
+        scores[j] = sc;
+        mx = std::max(mx, sc);
+      }
+      const double sum = qo.softmax_exp(scores.data(), probs.data(), m, mx);
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t j = 0; j < m; ++j) probs[j] = fp16_to_f32(f32_to_fp16(probs[j] * inv));
+      std::fill(probs.begin() + m, probs.begin() + n_pad, 0.0f);
+      float* o = a.out + row * a.ldo + static_cast<int64_t>(head) * p.head_dim_v;
+      for (int e = 0; e < p.head_dim_v; ++e) o[e] = dot(probs.data(), vt.data() + e * n_pad, n_pad);
+    }
+  }
+}
+
 }  // namespace
+
+AttnItemFn attention_item_scalar() { return &attend_scalar; }
 
 void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int n_seqs,
                      const uint16_t* k_cache, const uint16_t* v_cache, const AttnParams& p,
                      float* out, int64_t ldo, ThreadPool& pool) {
-  std::vector<WorkItem> items;
+  std::vector<AttnItem> items;
   for (int s = 0; s < n_seqs; ++s)
     for (int h = 0; h < p.n_kv_heads; ++h)
       for (int32_t b = 0; b < seqs[s].n_queries; b += kQueryChunk)
-        items.push_back({s, h, b, std::min(seqs[s].n_queries, b + kQueryChunk)});
-
-  const int group = p.n_heads / p.n_kv_heads;
-  const int64_t k_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_k;
-  const int64_t v_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_v;
-  const VecOps& vo = vec_ops();
-
-  const QuantDotOps& qo = quant_dot_ops();
-  auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-
-  // The arithmetic follows ggml's CPU attention without flash attention (what llama.cpp runs
-  // by default there), so logits match it: Q rounded to fp16 meets the fp16 keys in an f16
-  // dot in ggml's order (below); the softmax takes ggml's exp over chunks of 16 key positions
-  // counted from position 0; the weights are rounded to fp16 and meet V (per output dimension, over
-  // key positions) in the same f16 dot. Masked positions are zeros there, so the padding changes no
-  // sum.
+        items.push_back({&seqs[s], h, b, std::min(seqs[s].n_queries, b + kQueryChunk)});
+  const bool simd = active_simd_level() >= SimdLevel::kAvx2 && p.head_dim_k % 16 == 0 &&
+                    p.head_dim_v % 8 == 0;
+  const AttnItemFn fn = simd ? attention_item_avx2() : attention_item_scalar();
+  const AttnArgs args{q, ldq, k_cache, v_cache, &p, out, ldo};
   pool.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i0, int64_t i1) {
-    thread_local std::vector<float> keys, vt, scores, probs, qh, vrow;
-    thread_local std::vector<uint16_t> tmp16;
-    qh.resize(static_cast<size_t>(p.head_dim_k));
-    vrow.resize(static_cast<size_t>(p.head_dim_v));
-    tmp16.resize(static_cast<size_t>(std::max(p.head_dim_k, p.head_dim_v)));
-    for (int64_t it = i0; it < i1; ++it) {
-      const WorkItem& w = items[it];
-      const AttnSequence& sq = seqs[w.seq];
-      // llama.cpp's f16 products go through llamafile's GEMM (one fma chain per lane) when
-      // two or more query tokens are evaluated and through ggml_vec_dot_f16 for one. fennec
-      // decides per sequence, so a sequence's result never depends on what shares its batch.
-      float (*dot)(const float*, const float*, int64_t) =
-          sq.n_queries >= 2 ? qo.dot_f16_chain : qo.dot_f16;
-      const int32_t first_pos = sq.pos0 + w.q_begin;
-      const int32_t last_pos = sq.pos0 + w.q_end - 1;
-      const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
-      const int32_t n_keys = last_pos + 1 - k_lo;
-      const int64_t n_pad = round_up(last_pos + 1, 64);
-      keys.resize(static_cast<size_t>(n_keys) * p.head_dim_k);
-      vt.assign(static_cast<size_t>(p.head_dim_v * n_pad), 0.0f);
-      scores.resize(static_cast<size_t>(n_pad));
-      probs.resize(static_cast<size_t>(n_pad));
-      // Gather this head's keys, and its values transposed (dimension-major, absolute key
-      // position), once; all queries of the chunk and all query heads of the group reuse them.
-      for (int32_t j = 0; j < n_keys; ++j) {
-        const int32_t kp = k_lo + j;
-        const int64_t slot =
-            static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size +
-            kp % p.block_size;
-        vo.fp16_to_f32(k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
-                       keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
-        const uint16_t* vsrc =
-            v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v;
-        // Convert the row with the SIMD converter (exact, as the scalar one), then transpose.
-        vo.fp16_to_f32(vsrc, vrow.data(), p.head_dim_v);
-        for (int e = 0; e < p.head_dim_v; ++e) vt[static_cast<size_t>(e * n_pad + kp)] = vrow[static_cast<size_t>(e)];
-      }
-      for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
-        const int32_t pos = sq.pos0 + qi;
-        const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
-        const int64_t m = round_up(pos + 1, 16);  // softmax row: whole chunks of 16
-        const int64_t row = sq.row + qi;
-        for (int g = 0; g < group; ++g) {
-          const int head = w.kv_head * group + g;
-          vo.f32_to_fp16(q + row * ldq + static_cast<int64_t>(head) * p.head_dim_k, tmp16.data(),
-                         p.head_dim_k);
-          vo.fp16_to_f32(tmp16.data(), qh.data(), p.head_dim_k);
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < m; ++j) {
-            if (j < lo || j > pos) {
-              scores[j] = -INFINITY;
-              continue;
-            }
-            float sc =
-                dot(qh.data(), keys.data() + (j - k_lo) * p.head_dim_k, p.head_dim_k) * p.scale;
-            if (p.softcap > 0) sc = p.softcap * std::tanh(sc / p.softcap);
-            scores[j] = sc;
-            mx = std::max(mx, sc);
-          }
-          const double sum = qo.softmax_exp(scores.data(), probs.data(), m, mx);
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < m; ++j) probs[j] = fp16_to_f32(f32_to_fp16(probs[j] * inv));
-          std::fill(probs.begin() + m, probs.begin() + n_pad, 0.0f);
-          float* o = out + row * ldo + static_cast<int64_t>(head) * p.head_dim_v;
-          for (int e = 0; e < p.head_dim_v; ++e)
-            o[e] = dot(probs.data(), vt.data() + e * n_pad, n_pad);
-        }
-      }
-    }
+    for (int64_t it = i0; it < i1; ++it) fn(args, items[static_cast<size_t>(it)]);
   });
 }
 

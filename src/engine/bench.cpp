@@ -1,0 +1,172 @@
+#include "engine/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+
+#include "engine/kv_cache.h"
+
+namespace fennec::engine {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t blocks_for(int64_t tokens, int bs) { return (tokens + bs - 1) / bs; }
+
+// One pass of the test; returns its wall time in ns.
+Expected<int64_t> run_once(LoadedModel& lm, ThreadPool& pool, const BenchTest& t, std::mt19937& rng,
+                           int n_gen_override = -1) {
+  const auto& model = lm.model();
+  const int n_vocab = model.hparams().n_vocab;
+  const int bs = lm.kv().shape().block_size;
+  std::uniform_int_distribution<int32_t> tok(0, n_vocab - 1);
+  std::vector<float> logits;
+  if (t.n_prompt > 0) {
+    const int64_t nb = blocks_for(t.n_prompt, bs);
+    std::vector<int32_t> table(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) table[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+    std::vector<int32_t> prompt(static_cast<size_t>(t.n_prompt));
+    for (auto& x : prompt) x = tok(rng);
+    const auto t0 = Clock::now();
+    for (int p = 0; p < t.n_prompt; p += t.n_batch) {
+      const int n = std::min(t.n_batch, t.n_prompt - p);
+      model::Batch batch;
+      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), p, table);
+      if (auto s = model.forward(batch, lm.kv(), pool, logits); !s) return s.error();
+    }
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+  }
+  const int n_gen = n_gen_override >= 0 ? n_gen_override : t.n_gen;
+  const int np = t.n_parallel;
+  const int64_t nb = blocks_for(std::max(n_gen, 1), bs);
+  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(np));
+  for (int s = 0; s < np; ++s)
+    for (int64_t b = 0; b < nb; ++b) tables[static_cast<size_t>(s)].push_back(static_cast<int32_t>(s * nb + b));
+  const int32_t bos = lm.tokenizer().bos_id();
+  std::vector<int32_t> cur(static_cast<size_t>(np));
+  for (auto& x : cur) x = lm.tokenizer().add_bos() && bos >= 0 ? bos : tok(rng);
+  const auto t0 = Clock::now();
+  for (int i = 0; i < n_gen; ++i) {
+    model::Batch batch;
+    for (int s = 0; s < np; ++s)
+      batch.add(std::span<const int32_t>(&cur[static_cast<size_t>(s)], 1), i, tables[static_cast<size_t>(s)]);
+    if (auto st = model.forward(batch, lm.kv(), pool, logits); !st) return st.error();
+    for (auto& x : cur) x = tok(rng);
+  }
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+}
+
+template <class T>
+void mean_sd(const std::vector<T>& v, double& mean, double& sd) {
+  mean = 0;
+  for (T x : v) mean += static_cast<double>(x);
+  mean /= static_cast<double>(v.size());
+  double ss = 0;
+  for (T x : v) ss += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
+  sd = v.size() > 1 ? std::sqrt(ss / static_cast<double>(v.size() - 1)) : 0.0;  // llama-bench's
+}
+
+}  // namespace
+
+Expected<BenchSamples> run_bench(LoadedModel& lm, ThreadPool& pool, const BenchTest& t, int reps) {
+  if ((t.n_prompt > 0) == (t.n_gen > 0))
+    return make_error("bench: a test is either prompt processing (-p) or generation (-n)");
+  if (t.n_parallel < 1 || t.n_batch < 1 || reps < 1)
+    return make_error("bench: parallel, batch and repetitions must be at least 1");
+  const int bs = lm.kv().shape().block_size;
+  const int64_t need = t.n_prompt > 0 ? blocks_for(t.n_prompt, bs)
+                                      : blocks_for(t.n_gen, bs) * t.n_parallel;
+  if (need > lm.kv().n_blocks())
+    return make_error("bench: the test needs " + std::to_string(need * bs) +
+                      " KV slots but the cache holds " + std::to_string(lm.kv().n_blocks() * bs));
+  std::mt19937 rng(1234);
+  // Warm-up (as llama-bench: the whole prompt, or one generated token).
+  if (auto w = run_once(lm, pool, t, rng, t.n_gen > 0 ? 1 : -1); !w) return w.error();
+  BenchSamples r;
+  const double tokens = t.n_prompt > 0 ? t.n_prompt : static_cast<double>(t.n_gen) * t.n_parallel;
+  for (int i = 0; i < reps; ++i) {
+    auto ns = run_once(lm, pool, t, rng);
+    if (!ns) return ns.error();
+    r.ns.push_back(*ns);
+    r.ts.push_back(tokens * 1e9 / static_cast<double>(*ns));
+  }
+  mean_sd(r.ns, r.avg_ns, r.stddev_ns);
+  mean_sd(r.ts, r.avg_ts, r.stddev_ts);
+  return r;
+}
+
+int64_t model_n_params(const LoadedModel& lm) {
+  int64_t n = 0;
+  for (const auto& t : lm.gguf().tensors()) n += static_cast<int64_t>(t.n_elements());
+  return n;
+}
+
+int64_t model_size_bytes(const LoadedModel& lm) {
+  int64_t n = 0;
+  for (const auto& t : lm.gguf().tensors()) n += static_cast<int64_t>(t.n_bytes);
+  return n;
+}
+
+int64_t decode_bytes_per_token(const LoadedModel& lm) {
+  const auto& g = lm.gguf();
+  int64_t n = model_size_bytes(lm);
+  const auto* embd = g.find_tensor("token_embd.weight");
+  if (embd && g.find_tensor("output.weight"))
+    n -= static_cast<int64_t>(embd->n_bytes - embd->n_bytes / std::max<uint64_t>(embd->n_rows(), 1));
+  return n;
+}
+
+std::string model_description(const LoadedModel& lm) {
+  // llama.cpp's names for general.file_type (enum llama_ftype).
+  static const std::pair<int, const char*> kNames[] = {
+      {0, "all F32"},       {1, "F16"},           {2, "Q4_0"},          {3, "Q4_1"},
+      {7, "Q8_0"},          {8, "Q5_0"},          {9, "Q5_1"},          {10, "Q2_K - Medium"},
+      {11, "Q3_K - Small"}, {12, "Q3_K - Medium"}, {13, "Q3_K - Large"}, {14, "Q4_K - Small"},
+      {15, "Q4_K - Medium"}, {16, "Q5_K - Small"}, {17, "Q5_K - Medium"}, {18, "Q6_K"},
+      {32, "BF16"},         {38, "MXFP4 MoE"}};
+  const int64_t ft = lm.gguf().get_int_or("general.file_type", -1);
+  std::string type = "?";
+  for (const auto& [k, name] : kNames)
+    if (k == ft) type = name;
+  const double p = static_cast<double>(model_n_params(lm));
+  char size[32];
+  if (p >= 1e9)
+    std::snprintf(size, sizeof size, "%.1fB", p / 1e9);
+  else
+    std::snprintf(size, sizeof size, "%.0fM", p / 1e6);
+  return lm.model().hparams().arch + " " + size + " " + type;
+}
+
+double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
+  const int64_t n = bytes / 8;
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[static_cast<size_t>(n)]);
+  // Each thread touches (and so places) the part it reads later.
+  pool.parallel_for(n, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) buf[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
+  });
+  std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    pool.run_on_all([&](int ti, int nt) {
+      const int64_t a = n * ti / nt, b = n * (ti + 1) / nt;
+      uint64_t s[8] = {};
+      int64_t i = a;
+      for (; i + 8 <= b; i += 8)
+        for (int k = 0; k < 8; ++k) s[k] += buf[static_cast<size_t>(i + k)];
+      for (; i < b; ++i) s[0] += buf[static_cast<size_t>(i)];
+      for (int k = 0; k < 8; ++k) sink[static_cast<size_t>(ti) * 8 + static_cast<size_t>(k)] = s[k];
+    });
+    const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, static_cast<double>(n * 8) / sec);
+  }
+  volatile uint64_t keep = 0;
+  for (auto x : sink) keep = keep + x;
+  return best;
+}
+
+}  // namespace fennec::engine

@@ -1,0 +1,35 @@
+// The per-ISA body of paged_attention (attention.h): one work item is one sequence, one KV head
+// and a run of that sequence's queries. attention.cpp holds the driver and the portable body;
+// attention_avx2.cpp the AVX2 one, which gives the same bits (kernel_test compares them).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/attention.h"
+
+namespace fennec::kernels {
+
+struct AttnItem {
+  const AttnSequence* seq = nullptr;
+  int kv_head = 0;
+  int32_t q_begin = 0;  // queries q_begin .. q_end-1 of the sequence
+  int32_t q_end = 0;
+};
+
+struct AttnArgs {
+  const float* q = nullptr;
+  int64_t ldq = 0;
+  const uint16_t* k_cache = nullptr;
+  const uint16_t* v_cache = nullptr;
+  const AttnParams* p = nullptr;
+  float* out = nullptr;
+  int64_t ldo = 0;
+};
+
+using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
+
+AttnItemFn attention_item_scalar();
+// Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks).
+AttnItemFn attention_item_avx2();
+
+}  // namespace fennec::kernels

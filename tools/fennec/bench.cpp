@@ -1,0 +1,221 @@
+// fennec bench: llama-bench's tests, table and JSON, plus memory bandwidth and decode roofline.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/bench.h"
+#include "kernels/cpu/cpu_features.h"
+#include "tools/fennec/commands.h"
+
+namespace fennec::cli {
+
+namespace {
+
+std::string iso_time() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::string cpu_name() {
+  FILE* f = std::fopen("/proc/cpuinfo", "r");
+  if (!f) return "";
+  char line[512];
+  std::string name;
+  while (std::fgets(line, sizeof line, f)) {
+    std::string s(line);
+    if (s.rfind("model name", 0) == 0) {
+      name = s.substr(s.find(':') + 2);
+      if (!name.empty() && name.back() == '\n') name.pop_back();
+      break;
+    }
+  }
+  std::fclose(f);
+  return name;
+}
+
+struct Row {
+  std::string model_file, model_type;
+  int64_t size = 0, params = 0, bytes_per_token = 0;
+  int threads = 0;
+  engine::BenchTest test;
+  engine::BenchSamples s;
+  double bandwidth = 0;  // bytes/s at this thread count (0: not measured)
+};
+
+std::string test_name(const engine::BenchTest& t) {
+  std::string n = t.n_prompt > 0 ? "pp" + std::to_string(t.n_prompt) : "tg" + std::to_string(t.n_gen);
+  if (t.n_gen > 0 && t.n_parallel > 1) n += "x" + std::to_string(t.n_parallel);
+  return n;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "bench", "prompt and generation speed (llama-bench's tests and output), memory bandwidth, roofline");
+  static std::vector<std::string> models;
+  static std::vector<int> prompts{512}, gens{128}, threads, parallels{1};
+  static int reps = 5, n_batch = 2048;
+  static std::string output = "md";
+  static bool json = false, no_bw = false;
+  cmd->add_option("-m,--model", models, "GGUF model file(s)")->required()->delimiter(',');
+  cmd->add_option("-p,--n-prompt", prompts, "prompt lengths (default 512; 0: none)")->delimiter(',');
+  cmd->add_option("-n,--n-gen", gens, "tokens to generate (default 128; 0: none)")->delimiter(',');
+  cmd->add_option("-t,--threads", threads, "thread counts (default: all cores)")->delimiter(',');
+  cmd->add_option("-r,--repetitions", reps, "timed repetitions per test (default 5)");
+  cmd->add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass (default 2048)");
+  cmd->add_option("--parallel", parallels,
+                  "sequences decoded together in tg tests (default 1, llama-bench's tg)")
+      ->delimiter(',');
+  cmd->add_option("-o,--output", output, "md or json (default md)");
+  cmd->add_flag("--json", json, "same as -o json");
+  cmd->add_flag("--no-bandwidth", no_bw, "skip the memory bandwidth measurement");
+  cmd->callback([] {
+    if (json) output = "json";
+    if (output != "md" && output != "json") {
+      std::fprintf(stderr, "fennec bench: -o must be md or json\n");
+      return set_exit_code(2);
+    }
+    if (threads.empty()) threads.push_back(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    std::vector<engine::BenchTest> tests;
+    for (int p : prompts)
+      if (p > 0) tests.push_back({p, 0, 1, n_batch});
+    for (int n : gens)
+      if (n > 0)
+        for (int np : parallels) tests.push_back({0, n, np, n_batch});
+    if (tests.empty()) {
+      std::fprintf(stderr, "fennec bench: no test (-p and -n are all 0)\n");
+      return set_exit_code(2);
+    }
+    int max_ctx = 16, max_par = 1;
+    for (const auto& t : tests) {
+      max_ctx = std::max({max_ctx, t.n_prompt, t.n_gen});
+      max_par = std::max(max_par, t.n_parallel);
+    }
+    const bool md = output == "md";
+    if (md) {
+      std::printf("| %-30s | %10s | %10s | %-10s | %7s | %15s | %20s |\n", "model", "size", "params",
+                  "backend", "threads", "test", "t/s");
+      std::printf("| ------------------------------ | ---------: | ---------: | ---------- | ------: | --------------: | -------------------: |\n");
+      std::fflush(stdout);
+    }
+    std::vector<Row> rows;
+    std::vector<std::pair<int, double>> bw_by_threads;
+    for (const auto& path : models) {
+      engine::LoadOptions o;
+      o.n_threads = 1;
+      o.n_ctx = max_ctx;
+      o.n_seqs = max_par;
+      auto lm = engine::LoadedModel::load(path, o);
+      if (!lm) {
+        std::fprintf(stderr, "fennec bench: %s\n", lm.error().message.c_str());
+        return set_exit_code(1);
+      }
+      for (int nt : threads) {
+        ThreadPool pool(nt);
+        double bw = 0;
+        if (!no_bw) {
+          auto it = std::find_if(bw_by_threads.begin(), bw_by_threads.end(),
+                                 [&](const auto& x) { return x.first == nt; });
+          if (it == bw_by_threads.end()) {
+            bw_by_threads.emplace_back(nt, engine::measure_read_bandwidth(pool));
+            it = bw_by_threads.end() - 1;
+          }
+          bw = it->second;
+        }
+        for (const auto& t : tests) {
+          auto s = engine::run_bench(**lm, pool, t, reps);
+          if (!s) {
+            std::fprintf(stderr, "fennec bench: %s\n", s.error().message.c_str());
+            return set_exit_code(1);
+          }
+          Row r{path, engine::model_description(**lm), engine::model_size_bytes(**lm),
+                engine::model_n_params(**lm), engine::decode_bytes_per_token(**lm), nt, t, *s, bw};
+          if (md) {
+            char tps[64];
+            std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.s.avg_ts, r.s.stddev_ts);
+            char size[32], params[32];
+            std::snprintf(size, sizeof size, "%.2f MiB", static_cast<double>(r.size) / (1 << 20));
+            std::snprintf(params, sizeof params, "%.2f M", static_cast<double>(r.params) / 1e6);
+            std::printf("| %-30s | %10s | %10s | %-10s | %7d | %15s | %20s |\n", r.model_type.c_str(),
+                        size, params, "CPU", nt, test_name(t).c_str(), tps);
+            std::fflush(stdout);
+          }
+          rows.push_back(std::move(r));
+        }
+      }
+    }
+    if (md) {
+      std::printf("\nSIMD: %s\n",
+                  kernels::simd_level_name(kernels::active_simd_level()));
+      for (const auto& [nt, bw] : bw_by_threads)
+        std::printf("memory read bandwidth: %.1f GB/s with %d thread%s\n", bw / 1e9, nt, nt == 1 ? "" : "s");
+      for (const auto& r : rows) {
+        if (r.test.n_gen == 0 || r.bandwidth <= 0) continue;
+        const double roof = r.bandwidth / static_cast<double>(r.bytes_per_token);
+        std::printf("decode roofline %s, %d thread%s, %s: %.1f MB of weights per step -> %.1f steps/s; "
+                    "measured %.1f steps/s = %.0f%% of it\n",
+                    r.model_type.c_str(), r.threads, r.threads == 1 ? "" : "s", test_name(r.test).c_str(),
+                    static_cast<double>(r.bytes_per_token) / 1e6, roof, r.s.avg_ts / r.test.n_parallel,
+                    100.0 * r.s.avg_ts / r.test.n_parallel / roof);
+      }
+      return;
+    }
+    nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+    const std::string cpu = cpu_name();
+    for (const auto& r : rows) {
+      nlohmann::ordered_json j;
+      j["build_commit"] = "fennec";
+      j["build_number"] = 0;
+      j["cpu_info"] = cpu;
+      j["gpu_info"] = "";
+      j["backends"] = "CPU";
+      j["model_filename"] = r.model_file;
+      j["model_type"] = r.model_type;
+      j["model_size"] = r.size;
+      j["model_n_params"] = r.params;
+      j["n_batch"] = r.test.n_batch;
+      j["n_ubatch"] = r.test.n_batch;
+      j["n_threads"] = r.threads;
+      j["type_k"] = "f16";
+      j["type_v"] = "f16";
+      j["n_gpu_layers"] = 0;
+      j["flash_attn"] = 0;
+      j["load_mode"] = "mmap";
+      j["embeddings"] = false;
+      j["n_prompt"] = r.test.n_prompt;
+      j["n_gen"] = r.test.n_gen;
+      j["n_depth"] = 0;
+      j["n_parallel"] = r.test.n_parallel;
+      j["test_time"] = iso_time();
+      j["avg_ns"] = static_cast<int64_t>(r.s.avg_ns);
+      j["stddev_ns"] = static_cast<int64_t>(r.s.stddev_ns);
+      j["avg_ts"] = r.s.avg_ts;
+      j["stddev_ts"] = r.s.stddev_ts;
+      j["samples_ns"] = r.s.ns;
+      j["samples_ts"] = r.s.ts;
+      j["simd"] = kernels::simd_level_name(kernels::active_simd_level());
+      if (r.bandwidth > 0) {
+        j["mem_bandwidth_gbs"] = r.bandwidth / 1e9;
+        if (r.test.n_gen > 0) {
+          const double roof = r.bandwidth / static_cast<double>(r.bytes_per_token);
+          j["decode_bytes_per_token"] = r.bytes_per_token;
+          j["roofline_steps_per_s"] = roof;
+          j["roofline_share"] = r.s.avg_ts / r.test.n_parallel / roof;
+        }
+      }
+      arr.push_back(std::move(j));
+    }
+    std::printf("%s\n", arr.dump(2).c_str());
+  });
+}
+
+}  // namespace fennec::cli
