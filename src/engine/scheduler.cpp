@@ -69,7 +69,6 @@ struct Scheduler::Impl {
   std::deque<std::unique_ptr<Seq>> waiting;
   std::vector<std::unique_ptr<Seq>> running;  // in admission order
   std::vector<float> logits;
-  std::vector<uint8_t> allowed;
 
   void run();
   bool step();
@@ -333,8 +332,49 @@ bool Scheduler::Impl::step() {
     const auto& tok = lm.tokenizer();
     const int n_vocab = lm.model().hparams().n_vocab;
     auto st = lm.model().forward(batch, lm.kv(), lm.pool(), logits);
+    // Sampling runs in parallel over the sequences (each has its own sampler and constraint;
+    // a full-vocabulary pass per sequence is the bulk of it); what follows is serial.
+    struct Pick {
+      int64_t row = -1;  // logits row, -1: no token this step
+      bool dead_end = false;
+      Sampler::Result r{};
+      std::vector<std::pair<int32_t, float>> top;
+    };
+    std::vector<Pick> picks(members.size());
+    if (st) {
+      int64_t next_row = 0;
+      for (size_t m = 0; m < members.size(); ++m)
+        if (batch.seqs[m].n_logits > 0) picks[m].row = next_row++;
+      lm.pool().parallel_for(static_cast<int64_t>(members.size()), [&](int64_t m0, int64_t m1) {
+        thread_local std::vector<uint8_t> allowed;
+        for (int64_t m = m0; m < m1; ++m) {
+          Pick& pk = picks[static_cast<size_t>(m)];
+          if (pk.row < 0) continue;
+          Seq& s = *members[static_cast<size_t>(m)];
+          float* row = logits.data() + pk.row * n_vocab;
+          if (s.req.constraint) {
+            allowed.assign(static_cast<size_t>(n_vocab), 0);
+            s.req.constraint->allowed_tokens(allowed);
+            bool any = false;
+            for (int v = 0; v < n_vocab; ++v) {
+              if (!allowed[static_cast<size_t>(v)]) {
+                row[v] = -std::numeric_limits<float>::infinity();
+              } else {
+                any = true;
+              }
+            }
+            if (!any) {
+              pk.dead_end = true;
+              continue;
+            }
+          }
+          pk.r = s.sampler->sample(row, n_vocab, s.history);
+          if (s.req.top_logprobs > 0)
+            pk.top = Sampler::top_logprobs(s.sampler->processed_logits().data(), n_vocab, s.req.top_logprobs);
+        }
+      });
+    }
     int64_t n_prompt_tok = 0, n_gen_tok = 0;
-    int64_t row_index = 0;
     for (size_t m = 0; m < members.size(); ++m) {
       Seq& s = *members[m];
       const auto& sq = batch.seqs[m];
@@ -348,36 +388,21 @@ bool Scheduler::Impl::step() {
       const int bs = bm.block_size();
       const int64_t full = std::min(s.n_done, s.n_feed) / bs;
       for (int64_t p = (s.n_done - sq.n_tokens) / bs; p < full; ++p) bm.register_page(s.history, s.blocks, p);
-      if (sq.n_logits == 0) continue;
-      float* row = logits.data() + row_index * n_vocab;
-      ++row_index;
-          if (s.req.constraint) {
-        allowed.assign(static_cast<size_t>(n_vocab), 0);
-        s.req.constraint->allowed_tokens(allowed);
-        bool any = false;
-        for (int v = 0; v < n_vocab; ++v) {
-          if (!allowed[static_cast<size_t>(v)]) {
-            row[v] = -std::numeric_limits<float>::infinity();
-          } else {
-            any = true;
-          }
-        }
-        if (!any) {
-          finish(s, s.req.constraint->is_complete() ? SeqFinish::kStop : SeqFinish::kError,
-                 s.req.constraint->is_complete() ? "" : "structured output: no token can continue the output");
-          continue;
-        }
+      Pick& pk = picks[m];
+      if (pk.row < 0) continue;
+      if (pk.dead_end) {
+        finish(s, s.req.constraint->is_complete() ? SeqFinish::kStop : SeqFinish::kError,
+               s.req.constraint->is_complete() ? "" : "structured output: no token can continue the output");
+        continue;
       }
-      const auto r = s.sampler->sample(row, n_vocab, s.history);
+      const auto& r = pk.r;
       ++n_gen_tok;
       if (tok.is_eog(r.token) && (!s.req.ignore_eos || s.req.constraint)) {
         ++s.n_generated;  // counted in usage as vLLM counts it, but not streamed as text
         finish(s, SeqFinish::kStop);
         continue;
       }
-      TokenOut out{r.token, r.logprob, {}};
-      if (s.req.top_logprobs > 0)
-        out.top = Sampler::top_logprobs(s.sampler->processed_logits().data(), n_vocab, s.req.top_logprobs);
+      TokenOut out{r.token, r.logprob, std::move(pk.top)};
       s.ev.tokens.push_back(std::move(out));
       s.history.push_back(r.token);
       ++s.n_generated;
