@@ -110,8 +110,8 @@ std::vector<uint8_t> quantized_acts(GgmlType t, int64_t n, int64_t n_tokens, uin
   return act;
 }
 
-// Every tile shape the kernels have: row counts around the 4-row tile, 1..9 tokens (around the
-// token tiles), sub-ranges of rows, and y with a row stride wider than the matrix, checking
+// Every tile shape the kernels have: row counts around the 4-row tile, 1..64 tokens (the direct
+// tiles for 1 and 2, every remainder of the token tiles, batches of up to 64), sub-ranges of rows, and y with a row stride wider than the matrix, checking
 // that nothing outside [r0, r1) x tokens is written.
 TEST(QuantGemmKernelTest, TilesEqualThePerOutputKernelBitForBit) {
   const Paths paths = gemm_paths();
@@ -124,7 +124,7 @@ TEST(QuantGemmKernelTest, TilesEqualThePerOutputKernelBitForBit) {
         const int64_t rb = static_cast<int64_t>(formats::row_bytes(tr, static_cast<uint64_t>(n)));
         const auto w = random_matrix(t, rows, n, static_cast<uint32_t>(rows * 1000 + n));
         const int64_t ab = quantized_act_bytes(af, n);
-        const int64_t max_tokens = 9;
+        const int64_t max_tokens = 64;
         const auto act = quantized_acts(t, n, max_tokens, static_cast<uint32_t>(rows + n));
         const QuantDotFn dot = quant_dot_fn(t, rows);
         const QuantDotFn dot_scalar = [&] {
