@@ -1,6 +1,7 @@
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -101,17 +102,28 @@ AttnItemFn attention_item_scalar() { return &attend_scalar; }
 void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int n_seqs,
                      const uint16_t* k_cache, const uint16_t* v_cache, const AttnParams& p,
                      float* out, int64_t ldo, ThreadPool& pool) {
-  std::vector<AttnItem> items;
-  for (int s = 0; s < n_seqs; ++s)
-    for (int h = 0; h < p.n_kv_heads; ++h)
-      for (int32_t b = 0; b < seqs[s].n_queries; b += kQueryChunk)
-        items.push_back({&seqs[s], h, b, std::min(seqs[s].n_queries, b + kQueryChunk)});
   const bool simd = active_simd_level() >= SimdLevel::kAvx2 && p.head_dim_k % 16 == 0 &&
                     p.head_dim_v % 8 == 0;
   const AttnItemFn fn = simd ? attention_item_avx2() : attention_item_scalar();
+  // The AVX2 body takes every KV head of a sequence in one item (it reads whole cache rows).
+  const int heads_per_item = simd ? p.n_kv_heads : 1;
+  std::vector<AttnItem> items;
+  for (int s = 0; s < n_seqs; ++s)
+    for (int h = 0; h < p.n_kv_heads; h += heads_per_item)
+      for (int32_t b = 0; b < seqs[s].n_queries; b += kQueryChunk)
+        items.push_back({&seqs[s], h, b, std::min(seqs[s].n_queries, b + kQueryChunk)});
+  // Items differ widely in cost (a decode step against a chunk of 32 prompt queries): the
+  // costliest first, each thread taking the next one free.
+  auto cost = [](const AttnItem& it) {
+    return static_cast<int64_t>(it.q_end - it.q_begin) * (it.seq->pos0 + it.q_end);
+  };
+  std::stable_sort(items.begin(), items.end(),
+                   [&](const AttnItem& x, const AttnItem& y) { return cost(x) > cost(y); });
   const AttnArgs args{q, ldq, k_cache, v_cache, &p, out, ldo};
-  pool.parallel_for(static_cast<int64_t>(items.size()), [&](int64_t i0, int64_t i1) {
-    for (int64_t it = i0; it < i1; ++it) fn(args, items[static_cast<size_t>(it)]);
+  std::atomic<size_t> next{0};
+  pool.run_on_all([&](int, int) {
+    for (size_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < items.size();)
+      fn(args, items[it]);
   });
 }
 

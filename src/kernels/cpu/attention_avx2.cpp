@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/expf_avx2.h"
 
 namespace fennec::kernels {
 
@@ -62,33 +63,6 @@ inline float dot_chain(const float* a, const float* b, int64_t n) {
   return reduce16(lo, hi);
 }
 
-// impl::expf_ggml on 8 lanes: the same fused steps, and scale_pow2's two exact factors.
-inline __m256 expf8(__m256 x) {
-  const __m256 r = _mm256_set1_ps(0x1.8p23f);
-  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-  const __m256 nn = _mm256_sub_ps(z, r);
-  const __m256 b = _mm256_fnmadd_ps(nn, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                    _mm256_fnmadd_ps(nn, _mm256_set1_ps(0x1.62e4p-1f), x));
-  const __m256 u = _mm256_mul_ps(b, b);
-  const __m256 j = _mm256_fmadd_ps(
-      _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)),
-                      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
-      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
-  const __m256 big = _mm256_cmp_ps(nn, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
-  const __m256 tiny = _mm256_cmp_ps(nn, _mm256_set1_ps(-192.0f), _CMP_LT_OQ);
-  // Clamp so that the lanes replaced below compute nothing undefined.
-  const __m256 nc = _mm256_min_ps(_mm256_max_ps(nn, _mm256_set1_ps(-192.0f)), _mm256_set1_ps(192.0f));
-  const __m256i n = _mm256_cvttps_epi32(nc);
-  const __m256i n1 = _mm256_srai_epi32(_mm256_add_epi32(n, _mm256_srli_epi32(n, 31)), 1);  // n / 2
-  const __m256i n2 = _mm256_sub_epi32(n, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  __m256 y = _mm256_mul_ps(_mm256_mul_ps(j, p1), p2);
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), big);
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), tiny);
-}
-
 // impl::softmax_exp over [i0, n), n and i0 multiples of 16 (chunks before i0 would add zeros).
 inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float max) {
   const __m256 vm = _mm256_set1_ps(max);
@@ -105,10 +79,10 @@ inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float
 
 // out[e] = the f16 dot of the weights w over key positions [lo, hi] with value dimension e,
 // in the lane order of ggml_vec_dot_f16 (R = 64) or of the tinyBLAS chain (R = 16). v: the
-// value row of position k at v + (k - k_lo) * dv. acc: R * dv floats of scratch.
+// value row of position k at v + (k - k_lo) * ldv. acc: R * dv floats of scratch.
 template <int R>
 void weighted_values(const float* w, int32_t lo, int32_t hi, const float* v, int32_t k_lo, int dv,
-                     float* acc, float* out) {
+                     int64_t ldv, float* acc, float* out) {
   for (int r = 0; r < R; ++r) {
     const int32_t first = lo + ((r - lo) % R + R) % R;  // first position >= lo in slot r
     float* ar = acc + static_cast<int64_t>(r) * dv;
@@ -118,7 +92,7 @@ void weighted_values(const float* w, int32_t lo, int32_t hi, const float* v, int
       for (auto& x : s) x = _mm256_setzero_ps();
       for (int32_t k = first; k <= hi; k += R) {
         const __m256 wk = _mm256_broadcast_ss(w + k);
-        const float* vk = v + static_cast<int64_t>(k - k_lo) * dv + e;
+        const float* vk = v + static_cast<int64_t>(k - k_lo) * ldv + e;
         for (int i = 0; i < 8; ++i) s[i] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(vk + 8 * i), s[i]);
       }
       for (int i = 0; i < 8; ++i) _mm256_storeu_ps(ar + e + 8 * i, s[i]);
@@ -127,7 +101,7 @@ void weighted_values(const float* w, int32_t lo, int32_t hi, const float* v, int
       __m256 s = _mm256_setzero_ps();
       for (int32_t k = first; k <= hi; k += R)
         s = _mm256_fmadd_ps(_mm256_broadcast_ss(w + k),
-                            _mm256_loadu_ps(v + static_cast<int64_t>(k - k_lo) * dv + e), s);
+                            _mm256_loadu_ps(v + static_cast<int64_t>(k - k_lo) * ldv + e), s);
       _mm256_storeu_ps(ar + e, s);
     }
   }
@@ -149,23 +123,30 @@ void weighted_values(const float* w, int32_t lo, int32_t hi, const float* v, int
   }
 }
 
-void gather_rows(const uint16_t* cache, int64_t stride, const AttnSequence& sq, int block_size,
-                 int64_t offset, int dim, int32_t k_lo, int32_t n, float* dst) {
-  for (int32_t j = 0; j < n; ++j) {
+// Rows [k_lo, k_lo + n) of one layer's cache (every KV head: a block's slots are contiguous, so
+// the reads stream), converted to f32 at dst (row stride `width`).
+void gather_rows(const uint16_t* cache, int64_t width, const AttnSequence& sq, int block_size,
+                 int32_t k_lo, int32_t n, float* dst) {
+  for (int32_t j = 0; j < n;) {
     const int32_t kp = k_lo + j;
-    const int64_t slot =
-        static_cast<int64_t>(sq.block_table[kp / block_size]) * block_size + kp % block_size;
-    const uint16_t* src = cache + slot * stride + offset;
-    float* d = dst + static_cast<int64_t>(j) * dim;
-    for (int e = 0; e < dim; e += 8) _mm256_storeu_ps(d + e, load_h8(src + e));
+    const int32_t run = std::min(n - j, block_size - kp % block_size);  // slots left in the block
+    const uint16_t* src =
+        cache + (static_cast<int64_t>(sq.block_table[kp / block_size]) * block_size + kp % block_size) * width;
+    float* d = dst + static_cast<int64_t>(j) * width;
+    const int64_t count = run * width;
+    for (int64_t e = 0; e < count; e += 8) _mm256_storeu_ps(d + e, load_h8(src + e));
+    j += run;
   }
 }
 
+// One work item covers every KV head of its sequence (AttnItem::kv_head is ignored): the rows
+// are gathered once, whole.
 void attend_avx2(const AttnArgs& a, const AttnItem& w) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
   const int group = p.n_heads / p.n_kv_heads;
   const int dk = p.head_dim_k, dv = p.head_dim_v;
+  const int64_t kw = static_cast<int64_t>(p.n_kv_heads) * dk, vw = static_cast<int64_t>(p.n_kv_heads) * dv;
   const bool chain = sq.n_queries >= 2;  // see attend_scalar
   const int32_t first_pos = sq.pos0 + w.q_begin;
   const int32_t last_pos = sq.pos0 + w.q_end - 1;
@@ -173,16 +154,14 @@ void attend_avx2(const AttnArgs& a, const AttnItem& w) {
   const int32_t n_keys = last_pos + 1 - k_lo;
   const int64_t n_row = round_up(last_pos + 1, 16);
   thread_local std::vector<float> keys, vals, scores, probs, qh, acc;
-  keys.resize(static_cast<size_t>(n_keys) * dk);
-  vals.resize(static_cast<size_t>(n_keys) * dv);
+  keys.resize(static_cast<size_t>(n_keys * kw));
+  vals.resize(static_cast<size_t>(n_keys * vw));
   scores.resize(static_cast<size_t>(n_row));
   probs.resize(static_cast<size_t>(n_row));
   qh.resize(static_cast<size_t>(dk));
   acc.resize(static_cast<size_t>(64) * dv);
-  gather_rows(a.k_cache, static_cast<int64_t>(p.n_kv_heads) * dk, sq, p.block_size,
-              static_cast<int64_t>(w.kv_head) * dk, dk, k_lo, n_keys, keys.data());
-  gather_rows(a.v_cache, static_cast<int64_t>(p.n_kv_heads) * dv, sq, p.block_size,
-              static_cast<int64_t>(w.kv_head) * dv, dv, k_lo, n_keys, vals.data());
+  gather_rows(a.k_cache, kw, sq, p.block_size, k_lo, n_keys, keys.data());
+  gather_rows(a.v_cache, vw, sq, p.block_size, k_lo, n_keys, vals.data());
   const __m256 vscale = _mm256_set1_ps(p.scale);
   for (int32_t qi = w.q_begin; qi < w.q_end; ++qi) {
     const int32_t pos = sq.pos0 + qi;
@@ -190,19 +169,19 @@ void attend_avx2(const AttnArgs& a, const AttnItem& w) {
     const int64_t m = round_up(pos + 1, 16);
     const int64_t lo16 = lo / 16 * 16;
     const int64_t row = sq.row + qi;
-    for (int g = 0; g < group; ++g) {
-      const int head = w.kv_head * group + g;
+    for (int head = 0; head < p.n_heads; ++head) {
+      const int kvh = head / group;
       const float* qrow = a.q + row * a.ldq + static_cast<int64_t>(head) * dk;
       for (int e = 0; e < dk; e += 8)
         _mm256_storeu_ps(qh.data() + e,
                          _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(qrow + e), _MM_FROUND_TO_NEAREST_INT)));
       for (int64_t j = lo16; j < lo; ++j) scores[j] = -INFINITY;
       for (int64_t j = pos + 1; j < m; ++j) scores[j] = -INFINITY;
-      const float* kb = keys.data() + static_cast<int64_t>(lo - k_lo) * dk;
+      const float* kb = keys.data() + (lo - k_lo) * kw + static_cast<int64_t>(kvh) * dk;
       if (chain) {
-        for (int32_t j = lo; j <= pos; ++j, kb += dk) scores[j] = dot_chain(qh.data(), kb, dk);
+        for (int32_t j = lo; j <= pos; ++j, kb += kw) scores[j] = dot_chain(qh.data(), kb, dk);
       } else {
-        for (int32_t j = lo; j <= pos; ++j, kb += dk) scores[j] = dot_ggml(qh.data(), kb, dk);
+        for (int32_t j = lo; j <= pos; ++j, kb += kw) scores[j] = dot_ggml(qh.data(), kb, dk);
       }
       // scale (and softcap), then the max, 8 positions at a time where the softcap allows.
       __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -236,10 +215,11 @@ void attend_avx2(const AttnArgs& a, const AttnItem& w) {
                          _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
       }
       float* o = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
+      const float* vb = vals.data() + static_cast<int64_t>(kvh) * dv;
       if (chain)
-        weighted_values<16>(probs.data(), lo, pos, vals.data(), k_lo, dv, acc.data(), o);
+        weighted_values<16>(probs.data(), lo, pos, vb, k_lo, dv, vw, acc.data(), o);
       else
-        weighted_values<64>(probs.data(), lo, pos, vals.data(), k_lo, dv, acc.data(), o);
+        weighted_values<64>(probs.data(), lo, pos, vb, k_lo, dv, vw, acc.data(), o);
     }
   }
 }

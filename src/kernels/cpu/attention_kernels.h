@@ -29,7 +29,8 @@ struct AttnArgs {
 using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
 
 AttnItemFn attention_item_scalar();
-// Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks).
+// Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers every KV
+// head of the sequence in one call (the item's kv_head is ignored).
 AttnItemFn attention_item_avx2();
 
 }  // namespace fennec::kernels

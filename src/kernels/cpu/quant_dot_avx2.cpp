@@ -6,6 +6,7 @@
 #include "kernels/cpu/quant_dot.h"
 #include "core/float_convert.h"
 #include "kernels/cpu/quant_dot_impl.h"
+#include "kernels/cpu/expf_avx2.h"
 
 namespace fennec::kernels {
 
@@ -127,6 +128,20 @@ void quantize_act_avx2(ActFormat f, const float* x, void* out, int64_t n) {
   }
 }
 
+// impl::swiglu 8 lanes at a time: g / (1 + exp(-g)) * u with the same exp and the same IEEE
+// steps, so the same bits; the tail past whole chunks of 16 takes libm's expf as there.
+void swiglu_avx2(const float* g, const float* u, float* out, int64_t n) {
+  const int64_t n16 = n / 16 * 16;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n16; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 e = expf8(_mm256_xor_ps(x, sign));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+  }
+  impl::swiglu(g + n16, u + n16, out + n16, n - n16);
+}
+
 }  // namespace
 
 const QuantDotOps& quant_dot_ops_avx2() {
@@ -140,7 +155,7 @@ const QuantDotOps& quant_dot_ops_avx2() {
                                impl::dot_q4_k,
                                impl::dot_q4_k_8x8,
                                impl::dot_q6_k,
-                               impl::swiglu,
+                               swiglu_avx2,
                                quantize_act_avx2,
                                impl::dot_f16,
                                impl::dot_f16_chain,
