@@ -1,0 +1,194 @@
+// Google Benchmark micro-benchmarks of the CPU kernels, per weight type and batch size, through
+// the entry points the model calls (kernels::matmul, paged_attention, the element-wise ops) at
+// the active SIMD level (FENNEC_CPU=scalar|avx2 lowers it). Counters: GB/s of weight bytes read
+// and GFLOP/s (2 * rows * cols * tokens per matmul).
+//
+//   build/fennec_kernels_bench --benchmark_filter='Matmul/Q4_1' --benchmark_min_time=0.2
+//
+// Shapes are SmolLM2-135M's (576 x 1536 FFN); threads: 1 and 2 (an argument of each benchmark).
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "core/float_convert.h"
+#include "core/thread_pool.h"
+#include "formats/ggml_type.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_dot.h"
+
+namespace {
+
+using fennec::ThreadPool;
+using fennec::formats::GgmlType;
+namespace k = fennec::kernels;
+
+ThreadPool& pool(int n) {
+  static std::unique_ptr<ThreadPool> p1, p2;
+  auto& p = n == 1 ? p1 : p2;
+  if (!p) p = std::make_unique<ThreadPool>(n);
+  return *p;
+}
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// A weight matrix of random blocks whose scale fields hold small finite values (random bytes
+// elsewhere), so that every path computes on ordinary numbers.
+std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols) {
+  const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
+  std::vector<uint8_t> m(fennec::formats::row_bytes(tr, static_cast<uint64_t>(cols)) * static_cast<size_t>(rows));
+  std::mt19937 rng(7);
+  for (auto& b : m) b = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> u(0.001f, 0.05f);
+  auto put16 = [&](size_t at, float v) {
+    const uint16_t h = fennec::f32_to_fp16(v);
+    std::memcpy(m.data() + at, &h, 2);
+  };
+  if (t == GgmlType::F16) {
+    for (size_t o = 0; o < m.size(); o += 2) put16(o, u(rng) - 0.025f);
+    return m;
+  }
+  if (t == GgmlType::F32) {
+    for (size_t o = 0; o < m.size(); o += 4) {
+      const float v = u(rng) - 0.025f;
+      std::memcpy(m.data() + o, &v, 4);
+    }
+    return m;
+  }
+  for (size_t o = 0; o < m.size(); o += tr.type_size) {
+    switch (t) {
+      case GgmlType::Q4_1:
+      case GgmlType::Q5_1:
+      case GgmlType::Q4_K:
+      case GgmlType::Q5_K:
+        put16(o, u(rng));
+        put16(o + 2, u(rng));
+        break;
+      case GgmlType::Q6_K:
+        put16(o + tr.type_size - 2, u(rng));
+        break;
+      case GgmlType::MXFP4:
+        m[o] = static_cast<uint8_t>(120 + rng() % 6);  // E8M0 exponent near 2^-5
+        break;
+      default:
+        put16(o, u(rng));
+    }
+  }
+  return m;
+}
+
+void BM_Matmul(benchmark::State& st, GgmlType t, int64_t rows, int64_t cols) {
+  const int64_t tokens = st.range(0);
+  const int threads = static_cast<int>(st.range(1));
+  const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
+  const auto w = random_weights(t, rows, cols);
+  const k::WeightView wv{t, w.data(), rows, cols,
+                         static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(cols)))};
+  const auto x = random_floats(static_cast<size_t>(tokens * cols), 3);
+  std::vector<float> y(static_cast<size_t>(tokens * rows));
+  for (auto _ : st) {
+    k::matmul(wv, x.data(), tokens, y.data(), pool(threads));
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double iters = static_cast<double>(st.iterations());
+  st.counters["GB"] = benchmark::Counter(static_cast<double>(w.size()) * iters / 1e9, benchmark::Counter::kIsRate);
+  st.counters["GFLOP"] = benchmark::Counter(2.0 * rows * cols * tokens * iters / 1e9, benchmark::Counter::kIsRate);
+}
+
+void matmul_args(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2})
+    for (int tokens : {1, 4, 32, 512}) b->Args({tokens, threads});
+  b->ArgNames({"tokens", "threads"})->UseRealTime();
+}
+
+// One decode step of 32 sequences at 300 tokens of context (SmolLM2's heads), or one prompt
+// chunk of 128 queries.
+void BM_Attention(benchmark::State& st) {
+  const int n_seqs = static_cast<int>(st.range(0)), n_q = static_cast<int>(st.range(1));
+  const int threads = static_cast<int>(st.range(2));
+  const int ctx = 300, bs = 16, n_heads = 9, n_kv = 3, hd = 64;
+  const int blocks_per_seq = (ctx + n_q + bs - 1) / bs;
+  const int n_blocks = n_seqs * blocks_per_seq;
+  std::vector<uint16_t> kc(static_cast<size_t>(n_blocks) * bs * n_kv * hd), vc(kc.size());
+  const auto f = random_floats(kc.size(), 5);
+  for (size_t i = 0; i < kc.size(); ++i) kc[i] = vc[i] = fennec::f32_to_fp16(f[i]);
+  std::vector<int32_t> table(static_cast<size_t>(n_blocks));
+  for (int i = 0; i < n_blocks; ++i) table[static_cast<size_t>(i)] = i;
+  std::vector<k::AttnSequence> seqs;
+  for (int s = 0; s < n_seqs; ++s)
+    seqs.push_back({static_cast<int64_t>(s) * n_q, n_q, ctx, table.data() + s * blocks_per_seq});
+  const auto q = random_floats(static_cast<size_t>(n_seqs * n_q * n_heads * hd), 6);
+  std::vector<float> out(q.size());
+  k::AttnParams p;
+  p.n_heads = n_heads;
+  p.n_kv_heads = n_kv;
+  p.head_dim_k = p.head_dim_v = hd;
+  p.block_size = bs;
+  p.scale = 0.125f;
+  for (auto _ : st) {
+    k::paged_attention(q.data(), n_heads * hd, seqs.data(), n_seqs, kc.data(), vc.data(), p,
+                       out.data(), n_heads * hd, pool(threads));
+    benchmark::DoNotOptimize(out.data());
+  }
+  // K and V bytes each query set reads, and its multiply-adds (q.k and p.v per head and key).
+  const double keys = static_cast<double>(n_seqs) * (ctx + n_q);
+  st.counters["GB"] = benchmark::Counter(keys * n_kv * hd * 2 * 2 * static_cast<double>(st.iterations()) / 1e9,
+                                           benchmark::Counter::kIsRate);
+  st.counters["GFLOP"] = benchmark::Counter(
+      keys * n_q * n_heads * hd * 4.0 * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Attention)->Args({32, 1, 1})->Args({32, 1, 2})->Args({1, 128, 1})->Args({1, 128, 2})
+    ->ArgNames({"seqs", "queries", "threads"})->UseRealTime();
+
+void BM_Swiglu(benchmark::State& st) {
+  const int64_t n = 1536 * 32;
+  const auto g = random_floats(static_cast<size_t>(n), 1), u = random_floats(static_cast<size_t>(n), 2);
+  std::vector<float> o(static_cast<size_t>(n));
+  for (auto _ : st) {
+    k::swiglu(g.data(), u.data(), o.data(), n);
+    benchmark::DoNotOptimize(o.data());
+  }
+  st.counters["GB"] = benchmark::Counter(12.0 * n * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Swiglu);
+
+void BM_RmsNorm(benchmark::State& st) {
+  const int64_t dim = 576, tokens = 32;
+  const auto x = random_floats(static_cast<size_t>(dim * tokens), 1), w = random_floats(static_cast<size_t>(dim), 2);
+  std::vector<float> o(x.size());
+  for (auto _ : st) {
+    k::rms_norm(x.data(), w.data(), tokens, dim, 1e-5f, o.data());
+    benchmark::DoNotOptimize(o.data());
+  }
+  st.counters["GB"] = benchmark::Counter(8.0 * dim * tokens * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_RmsNorm);
+
+const int kRegistered = [] {
+  const std::pair<GgmlType, const char*> types[] = {
+      {GgmlType::Q4_0, "Q4_0"}, {GgmlType::Q4_1, "Q4_1"}, {GgmlType::Q5_0, "Q5_0"},
+      {GgmlType::Q5_1, "Q5_1"}, {GgmlType::Q8_0, "Q8_0"}, {GgmlType::Q4_K, "Q4_K"},
+      {GgmlType::Q6_K, "Q6_K"}, {GgmlType::MXFP4, "MXFP4"}, {GgmlType::F16, "F16"},
+      {GgmlType::F32, "F32"}};
+  for (const auto& [t, name] : types) {
+    const int64_t cols = (t == GgmlType::Q4_K || t == GgmlType::Q6_K) ? 1536 : 576;
+    const int64_t rows = cols == 1536 ? 576 : 1536;
+    benchmark::RegisterBenchmark((std::string("Matmul/") + name).c_str(),
+                                 [t, rows, cols](benchmark::State& st) { BM_Matmul(st, t, rows, cols); })
+        ->Apply(matmul_args);
+  }
+  return 0;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
