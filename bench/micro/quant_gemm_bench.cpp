@@ -1,11 +1,12 @@
-// Micro benchmark of the legacy-block quant_gemm tiles (quant_gemm.h) on the shapes of a
-// SmolLM2-135M decode step with continuous batching: prints ns and TSC cycles per
-// (row, token, block) for 1 and 2 threads. The ISA path is the active one (FENNEC_CPU lowers it).
+// Micro benchmark of the quant_gemm tiles (quant_gemm.h): the legacy blocks on the shapes of a
+// SmolLM2-135M decode step with continuous batching, the K-quants (Q4_K, Q6_K) on Gemma-3-270M's
+// (attn_output 640x1024, ffn_down 640x2048); prints ns and TSC cycles per (row, token, block of
+// 32 elements) for 1 and 2 threads. The ISA path is the active one (FENNEC_CPU lowers it).
 //
 // Build against a Release build of the library (no CMake target):
 //   g++ -O2 -std=c++20 -I src bench/micro/quant_gemm_bench.cpp BUILD/libfennec_lib.a \
 //       -lpcre2-8 -lpthread -o /tmp/quant_gemm_bench
-// Run: /tmp/quant_gemm_bench [tokens ...]   (default 4 8 16 32 64)
+// Run: /tmp/quant_gemm_bench [legacy|k] [tokens ...]   (default both, 4 8 16 32 64)
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/float_convert.h"
@@ -38,7 +40,9 @@ std::vector<uint8_t> random_matrix(GgmlType t, int64_t rows, int64_t n) {
   for (size_t o = 0; o < m.size(); o += tr.type_size) {
     const uint16_t d = f32_to_fp16(u(rng)), mn = f32_to_fp16(-u(rng) * 8);
     std::memcpy(m.data() + o, &d, 2);
-    if (t == GgmlType::Q4_1 || t == GgmlType::Q5_1) std::memcpy(m.data() + o + 2, &mn, 2);
+    if (t == GgmlType::Q4_1 || t == GgmlType::Q5_1 || t == GgmlType::Q4_K)
+      std::memcpy(m.data() + o + 2, &mn, 2);
+    if (t == GgmlType::Q6_K) std::memcpy(m.data() + o + tr.type_size - 2, &d, 2);
   }
   return m;
 }
@@ -47,7 +51,16 @@ std::vector<uint8_t> random_matrix(GgmlType t, int64_t rows, int64_t n) {
 
 int main(int argc, char** argv) {
   std::vector<int64_t> tokens;
-  for (int i = 1; i < argc; ++i) tokens.push_back(std::atoll(argv[i]));
+  bool legacy = true, kquant = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "legacy") == 0) {
+      kquant = false;
+    } else if (std::strcmp(argv[i], "k") == 0) {
+      legacy = false;
+    } else {
+      tokens.push_back(std::atoll(argv[i]));
+    }
+  }
   if (tokens.empty()) tokens = {4, 8, 16, 32, 64};
   std::printf("path %s\n", simd_level_name(active_simd_level()));
   struct Shape {
@@ -55,11 +68,17 @@ int main(int argc, char** argv) {
     int64_t rows, n;
   };
   std::vector<Shape> shapes;
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
-                     GgmlType::Q8_0})
-    for (auto [rows, n] : {std::pair<int64_t, int64_t>{576, 576}, {1536, 576}, {576, 1536}})
-      shapes.push_back({t, rows, n});
-  shapes.push_back({GgmlType::Q8_0, 49152, 576});
+  if (legacy) {
+    for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                       GgmlType::Q8_0})
+      for (auto [rows, n] : {std::pair<int64_t, int64_t>{576, 576}, {1536, 576}, {576, 1536}})
+        shapes.push_back({t, rows, n});
+    shapes.push_back({GgmlType::Q8_0, 49152, 576});
+  }
+  if (kquant)  // 640 rows: Q4_K in the repacked (8x8) order, as quant_dot_fn picks it
+    for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q6_K})
+      for (auto [rows, n] : {std::pair<int64_t, int64_t>{640, 1024}, {640, 2048}})
+        shapes.push_back({t, rows, n});
   ThreadPool pool1(1), pool2(2);
   constexpr int64_t kRowTile = 16;  // as ops.cpp's matmul
   for (const Shape& s : shapes) {

@@ -449,10 +449,27 @@ void legacy_gemm(const QuantGemmArgs& a, int64_t r0, int64_t r1) {
 }
 
 // ---- Q4_K (256-element super-blocks, 8 sub-blocks of 32 with 6-bit scales and mins) ----------
+// Zen 4, one thread, 640 rows (the 8x8 order), 4 and 32 tokens: 1.55-1.69 TSC cycles per (row,
+// token, 32 elements) with two hsum_epi32 and scalar fmas per output and super-block and the
+// scales stored then broadcast -> 1.26-1.40 with the sums of 4 tokens reduced together and
+// vpdpwssd (bench/micro/quant_gemm_bench.cpp k).
 
-// The 12 packed bytes -> 16 int16: the eight scales, then the eight mins (ggml's utmp shuffle).
-inline __m256i q4k_scales_mins(const uint8_t* packed) {
-  uint32_t u[4];
+// The int16 pairs (x, x) of lane k: what vpmaddwd / vpdpwssd multiplies a pair of int16 by.
+inline __m256i pairs16(__m256i dwords) { return _mm256_or_si256(dwords, _mm256_slli_epi32(dwords, 16)); }
+
+// acc + the int16 pairs of p times those of s, summed in int32 lanes (exact: no pair here can
+// overflow, |p| <= 2 * 63 * 127 and s <= 127).
+inline __m256i madd_add(__m256i acc, __m256i p, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, p, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+#endif
+}
+
+// The 12 packed bytes -> the eight 6-bit scales (bytes 0..7) and mins (8..15), ggml's utmp
+// shuffle.
+inline void q4k_unpack_scales(const uint8_t* packed, uint32_t (&u)[4]) {
   std::memcpy(u, packed, 12);
   constexpr uint32_t kMask1 = 0x3f3f3f3f, kMask2 = 0x0f0f0f0f, kMask3 = 0x03030303;
   u[3] = ((u[2] >> 4) & kMask2) | (((u[1] >> 6) & kMask3) << 4);
@@ -460,79 +477,112 @@ inline __m256i q4k_scales_mins(const uint8_t* packed) {
   u[1] = (u[2] & kMask2) | (((u[0] >> 6) & kMask3) << 4);
   u[2] = t;
   u[0] &= kMask1;
-  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)));
+}
+
+// Lane i of the result: the sum of the eight int32 lanes of v[i] (i < 4), and of w[i - 4].
+inline __m256i hsum8_epi32x8(const __m256i (&v)[4], const __m256i (&w)[4]) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(w[0], w[1]), _mm256_hadd_epi32(w[2], w[3]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                          _mm256_permute2x128_si256(a, b, 0x31));
 }
 
 // One row times C tokens. The integer lanes are those of impl::dot_q4_k: lane k sums the bytes
 // 4k..4k+3 of each 32-element sub-block times its scale; the repacked order (k8x8) adds them all
-// up instead, which integers allow.
+// up instead, which integers allow, and then takes the C sums (and those of the mins) as the
+// lanes of one vector: lanes c and 4 + c of acc8 are token c's acc and acc_min, each its own fma
+// chain as in impl::dot_q4_k_8x8.
 template <bool k8x8, int C>
 void q4k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
+  static_assert(C <= 4);
   const int64_t nsb = a.n / 256;
   const auto* x = reinterpret_cast<const BlockQ4K*>(a.w + r * a.w_stride);
   const BlockQ8K* y[C];
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
     y[c] = reinterpret_cast<const BlockQ8K*>(a.act + (t + c) * a.act_stride);
   __m256 acc[C];
   __m128 acc_m[C];
-  float acc1[C], acc_min[C];
+  __m256 acc8 = _mm256_setzero_ps();
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c) {
     acc[c] = _mm256_setzero_ps();
     acc_m[c] = _mm_setzero_ps();
-    acc1[c] = acc_min[c] = 0;
   }
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const Prefetcher pf(reinterpret_cast<const char*>(x) + a.w_stride, a.w_stride, nsb);
   for (int64_t i = 0; i < nsb; ++i) {
     if (t == 0) pf.step(i);
     const BlockQ4K& xb = x[i];
-    const __m256i sm = q4k_scales_mins(xb.scales);
-    alignas(32) int16_t s16[16];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(s16), sm);
-    // Each min twice, for vpmaddwd with the pairs of 16-element sums of the activations.
-    const __m128i mins = _mm256_extracti128_si256(sm, 1);
+    uint32_t u[4];
+    q4k_unpack_scales(xb.scales, u);
+    // Scale k as an int16 pair in every lane, and min k as the pair in lane k.
+    const __m256i scd = pairs16(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u))));
     const __m256i mins2 =
-        _mm256_set_m128i(_mm_unpackhi_epi16(mins, mins), _mm_unpacklo_epi16(mins, mins));
+        pairs16(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2))));
+    __m256i sc[8];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) sc[k] = _mm256_permutevar8x32_epi32(scd, _mm256_set1_epi32(k));
     __m256i lo[4], hi[4];
+#pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) {
       const __m256i q = load32(xb.qs + 32 * j);
       lo[j] = _mm256_and_si256(q, m4);
       hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
     }
-    const float xd = h2f(xb.d), xdmin = h2f(xb.dmin);
+    __m256i sumi[4], pm[4];
+#pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       const BlockQ8K& yb = y[c][i];
-      __m256i sumi = _mm256_setzero_si256();
+      __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
       for (int j = 0; j < 4; ++j) {
-        const __m256i pl = _mm256_maddubs_epi16(lo[j], load32(yb.qs + 64 * j));
-        const __m256i ph = _mm256_maddubs_epi16(hi[j], load32(yb.qs + 64 * j + 32));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(s16[2 * j])));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(s16[2 * j + 1])));
+        s0 = madd_add(s0, _mm256_maddubs_epi16(lo[j], load32(yb.qs + 64 * j)), sc[2 * j]);
+        s1 = madd_add(s1, _mm256_maddubs_epi16(hi[j], load32(yb.qs + 64 * j + 32)), sc[2 * j + 1]);
       }
+      sumi[c] = _mm256_add_epi32(s0, s1);
       // lane k: mins[k] * (bsums[2k] + bsums[2k + 1])
-      const __m256i pm = _mm256_madd_epi16(load32(yb.bsums), mins2);
-      if constexpr (k8x8) {
-        acc1[c] = std::fma(static_cast<float>(hsum_epi32(sumi)), xd * yb.d, acc1[c]);
-        acc_min[c] = std::fma(static_cast<float>(hsum_epi32(pm)), xdmin * yb.d, acc_min[c]);
-      } else {
-        const float d = yb.d * xd;
-        const float dmin = -yb.d * xdmin;
-        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[c]);
+      pm[c] = _mm256_madd_epi16(load32(yb.bsums), mins2);
+    }
+    if constexpr (k8x8) {
+#pragma GCC unroll 8
+      for (int c = C; c < 4; ++c) sumi[c] = pm[c] = _mm256_setzero_si256();
+      const __m256 sums = _mm256_cvtepi32_ps(hsum8_epi32x8(sumi, pm));
+      uint32_t dd;  // d, dmin
+      std::memcpy(&dd, &xb.d, 4);
+      const __m256 xs = _mm256_permutevar8x32_ps(
+          _mm256_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd))),
+          _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+      const __m128 yd = _mm_setr_ps(y[0][i].d, C > 1 ? y[std::min(1, C - 1)][i].d : 0.0f,
+                                    C > 2 ? y[std::min(2, C - 1)][i].d : 0.0f,
+                                    C > 3 ? y[std::min(3, C - 1)][i].d : 0.0f);
+      acc8 = _mm256_fmadd_ps(sums, _mm256_mul_ps(xs, _mm256_set_m128(yd, yd)), acc8);
+    } else {
+      const float xd = h2f(xb.d), xdmin = h2f(xb.dmin);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        const float yd = y[c][i].d;
+        const float d = yd * xd;
+        const float dmin = -yd * xdmin;
+        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
         const __m128i prod =
-            _mm_hadd_epi32(_mm256_castsi256_si128(pm), _mm256_extracti128_si256(pm, 1));
+            _mm_hadd_epi32(_mm256_castsi256_si128(pm[c]), _mm256_extracti128_si256(pm[c], 1));
         acc_m[c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[c]);
       }
     }
   }
-  for (int c = 0; c < C; ++c) {
-    float* dst = a.y + (t + c) * a.ldy + r;
-    if constexpr (k8x8) {
-      *dst = acc1[c] - acc_min[c];
-    } else {
+  if constexpr (k8x8) {
+    alignas(32) float o[8];
+    _mm256_store_ps(o, acc8);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) a.y[(t + c) * a.ldy + r] = o[c] - o[4 + c];
+  } else {
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
       alignas(16) float m[4];
       _mm_store_ps(m, acc_m[c]);
       const float mm = (m[0] + m[2]) + (m[1] + m[3]);
-      *dst = _mm_cvtss_f32(hsum8x4(acc[c], acc[c], acc[c], acc[c])) + mm;
+      a.y[(t + c) * a.ldy + r] = _mm_cvtss_f32(hsum8x4(acc[c], acc[c], acc[c], acc[c])) + mm;
     }
   }
 }
@@ -549,6 +599,7 @@ void q6k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
   for (int c = 0; c < C; ++c)
     y[c] = reinterpret_cast<const BlockQ8K*>(a.act + (t + c) * a.act_stride);
   __m256 acc[C];
+#pragma GCC unroll 8
   for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
   const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
   // Slice s takes scale 2s (int16 at bytes 4s, 4s+1) in its low 16 bytes and 2s+1 in its high.
@@ -566,7 +617,9 @@ void q6k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
     if (t == 0) pf.step(i);
     const BlockQ6K& xb = x[i];
     __m256i sumi[C];
+#pragma GCC unroll 8
     for (int c = 0; c < C; ++c) sumi[c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
     for (int j = 0; j < 2; ++j) {
       const __m256i ql0 = load32(xb.ql + 64 * j);
       const __m256i ql1 = load32(xb.ql + 64 * j + 32);
@@ -583,17 +636,24 @@ void q6k_tile(const QuantGemmArgs& a, int64_t r, int64_t t) {
       const __m128i sc8 =
           _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(xb.scales + 8 * j)));
       const __m256i sc = _mm256_broadcastsi128_si256(sc8);
+#pragma GCC unroll 8
       for (int s = 0; s < 4; ++s) {
         const __m256i scs = _mm256_shuffle_epi8(sc, shuf[s]);
+#pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
           const __m256i p = _mm256_maddubs_epi16(q[s], load32(y[c][i].qs + 128 * j + 32 * s));
-          sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, scs));
+          // Fused only where C chains hide vpdpwssd's latency (1 token: 7% slower fused).
+          if constexpr (C > 2)
+            sumi[c] = madd_add(sumi[c], p, scs);
+          else
+            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, scs));
         }
       }
     }
     const __m256i sc16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb.scales)));
     const float xd = h2f(xb.d);
+#pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       const BlockQ8K& yb = y[c][i];
       const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(load32(yb.bsums), sc16), 5);
