@@ -231,9 +231,8 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     const LayerWeights& L = w_.layers[static_cast<size_t>(il)];
     const bool swa = hp.layer_is_swa[static_cast<size_t>(il)];
     kernels::rms_norm(x.data(), L.attn_norm, T, E, hp.norm_eps, h.data());
-    kernels::matmul(L.wq, h.data(), T, q.data(), pool);
-    kernels::matmul(L.wk, h.data(), T, k.data(), pool);
-    kernels::matmul(L.wv, h.data(), T, v.data(), pool);
+    const kernels::MatmulJob qkv[] = {{&L.wq, q.data()}, {&L.wk, k.data()}, {&L.wv, v.data()}};
+    kernels::matmul_group(qkv, h.data(), T, pool);
     add_bias(q.data(), L.bq, T, q_dim);
     add_bias(k.data(), L.bk, T, k_dim);
     add_bias(v.data(), L.bv, T, v_dim);
@@ -283,8 +282,8 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     kernels::add(x.data(), h.data(), x.data(), T * E);
 
     kernels::rms_norm(x.data(), L.ffn_norm, T, E, hp.norm_eps, h.data());
-    kernels::matmul(L.w_gate, h.data(), T, gate.data(), pool);
-    kernels::matmul(L.w_up, h.data(), T, up.data(), pool);
+    const kernels::MatmulJob gate_up[] = {{&L.w_gate, gate.data()}, {&L.w_up, up.data()}};
+    kernels::matmul_group(gate_up, h.data(), T, pool);
     if (hp.act == Activation::kGeluTanh)
       kernels::gelu_mul(gate.data(), up.data(), gate.data(), T * hp.n_ff);
     else

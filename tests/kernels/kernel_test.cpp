@@ -385,5 +385,68 @@ TEST(QuantDotKernelTest, SwigluMatchesLibmWithinUlps) {
   }
 }
 
+// matmul_group (one pass for Q/K/V or gate/up) writes exactly what separate matmul() calls
+// write: mixed types sharing an activation format or not, a type without an integer dot (the
+// fallback), 1 and 7 tokens, row counts that are not multiples of the 16-row tile.
+TEST(MatmulGroupTest, EqualsSeparateMatmulsBitForBit) {
+  using formats::GgmlType;
+  const int64_t cols = 256;
+  struct Spec {
+    GgmlType t;
+    int64_t rows;
+  };
+  const std::vector<std::vector<Spec>> groups = {
+      {{GgmlType::Q4_1, 40}, {GgmlType::Q4_1, 24}, {GgmlType::Q4_1, 24}},
+      {{GgmlType::Q4_K, 48}, {GgmlType::Q4_K, 16}, {GgmlType::Q6_K, 33}},
+      {{GgmlType::Q8_0, 17}, {GgmlType::Q4_0, 64}},
+      {{GgmlType::Q5_0, 32}, {GgmlType::F16, 16}}};
+  ThreadPool pool(2);
+  uint32_t seed = 500;
+  for (const auto& g : groups)
+    for (int64_t n_tokens : {1, 7}) {
+      std::vector<std::vector<uint8_t>> data;
+      std::vector<WeightView> views;
+      for (const Spec& sp : g) {
+        const auto tr = *formats::type_traits(static_cast<uint32_t>(sp.t));
+        const int64_t rb = static_cast<int64_t>(formats::row_bytes(tr, cols));
+        std::vector<uint8_t> m;
+        for (int64_t r = 0; r < sp.rows; ++r) {
+          std::vector<uint8_t> row;
+          if (sp.t == GgmlType::F16) {
+            const auto f = random_vec(static_cast<size_t>(cols), seed++, 0.05f);
+            row.resize(static_cast<size_t>(rb));
+            for (int64_t c = 0; c < cols; ++c) {
+              const uint16_t h = f32_to_fp16(f[static_cast<size_t>(c)]);
+              std::memcpy(row.data() + 2 * c, &h, 2);
+            }
+          } else {
+            row = random_weight_row(sp.t, cols, seed++);
+          }
+          m.insert(m.end(), row.begin(), row.end());
+        }
+        data.push_back(std::move(m));
+      }
+      for (size_t i = 0; i < g.size(); ++i) {
+        const auto tr = *formats::type_traits(static_cast<uint32_t>(g[i].t));
+        views.push_back({g[i].t, data[i].data(), g[i].rows, cols,
+                         static_cast<int64_t>(formats::row_bytes(tr, cols))});
+      }
+      const auto x = random_vec(static_cast<size_t>(n_tokens * cols), seed++);
+      std::vector<std::vector<float>> ref(g.size()), got(g.size());
+      std::vector<MatmulJob> jobs;
+      for (size_t i = 0; i < g.size(); ++i) {
+        ref[i].assign(static_cast<size_t>(n_tokens * g[i].rows), 1.0f);
+        got[i].assign(ref[i].size(), 2.0f);
+        matmul(views[i], x.data(), n_tokens, ref[i].data(), pool);
+        jobs.push_back({&views[i], got[i].data()});
+      }
+      matmul_group(jobs, x.data(), n_tokens, pool);
+      for (size_t i = 0; i < g.size(); ++i)
+        for (size_t e = 0; e < ref[i].size(); ++e)
+          ASSERT_EQ(f32_to_bits(ref[i][e]), f32_to_bits(got[i][e]))
+              << formats::type_name(g[i].t) << " job " << i << " tokens " << n_tokens << " at " << e;
+    }
+}
+
 }  // namespace
 }  // namespace fennec::kernels

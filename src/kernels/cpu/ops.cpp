@@ -94,6 +94,65 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
   });
 }
 
+void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tokens, ThreadPool& pool) {
+  bool fused = !jobs.empty();
+  for (const auto& j : jobs) fused = fused && has_quant_dot(j.w->type) && j.w->cols == jobs[0].w->cols;
+  if (!fused) {
+    for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool);
+    return;
+  }
+  const int64_t cols = jobs[0].w->cols;
+  // One quantized copy of x per activation format the jobs need.
+  struct Act {
+    ActFormat fmt;
+    int64_t bytes;  // per token
+    std::vector<uint8_t>* buf;
+  };
+  thread_local std::vector<uint8_t> bufs[4];
+  std::vector<Act> acts;
+  std::vector<size_t> act_of(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const ActFormat af = activation_format(jobs[i].w->type);
+    size_t a = 0;
+    while (a < acts.size() && acts[a].fmt != af) ++a;
+    if (a == acts.size()) {
+      if (a == 4) {  // more formats than buffers: not a case the models have
+        for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool);
+        return;
+      }
+      acts.push_back({af, quantized_act_bytes(af, cols), &bufs[a]});
+      acts.back().buf->resize(static_cast<size_t>(n_tokens * acts.back().bytes));
+    }
+    act_of[i] = a;
+  }
+  pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
+    for (const Act& a : acts)
+      for (int64_t t = t0; t < t1; ++t) quantize_act(a.fmt, x + t * cols, a.buf->data() + t * a.bytes, cols);
+  });
+  // Row tiles of all jobs, numbered one after another.
+  std::vector<int64_t> first_tile(jobs.size() + 1, 0);
+  std::vector<QuantGemmArgs> args(jobs.size());
+  std::vector<QuantGemmFn> fns(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const WeightView& w = *jobs[i].w;
+    const Act& a = acts[act_of[i]];
+    args[i] = {w.data, w.row_bytes, a.buf->data(), a.bytes, w.cols, n_tokens, jobs[i].y, w.rows};
+    fns[i] = quant_gemm_fn(w.type, w.rows);
+    first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;
+  }
+  pool.parallel_for(first_tile.back(), [&](int64_t t0, int64_t t1) {
+    size_t i = 0;
+    while (first_tile[i + 1] <= t0) ++i;
+    for (int64_t t = t0; t < t1;) {
+      const int64_t end = std::min(t1, first_tile[i + 1]);
+      const int64_t rows = jobs[i].w->rows;
+      fns[i](args[i], (t - first_tile[i]) * kRowTile, std::min(rows, (end - first_tile[i]) * kRowTile));
+      t = end;
+      ++i;
+    }
+  });
+}
+
 void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out) {
   for (size_t i = 0; i < ids.size(); ++i) dequantize_rows(w, ids[i], 1, out + i * w.cols);
 }

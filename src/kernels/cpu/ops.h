@@ -26,6 +26,15 @@ struct WeightView {
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             int64_t ldy = 0);
 
+// Several products of the same input x (e.g. Q, K and V; gate and up) in one parallel pass:
+// x is quantized once per activation format, and one barrier ends them all. Each y is exactly
+// what matmul() would write. Falls back to one matmul() per job where a type has no integer dot.
+struct MatmulJob {
+  const WeightView* w = nullptr;
+  float* y = nullptr;  // [n_tokens][w->rows]
+};
+void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tokens, ThreadPool& pool);
+
 // Copies (dequantized) rows `ids` of W into out ([ids.size()][W.cols]).
 void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out);
 
