@@ -388,7 +388,7 @@ TEST(QuantDotKernelTest, SwigluMatchesLibmWithinUlps) {
 // matmul_group (one pass for Q/K/V or gate/up) writes exactly what separate matmul() calls
 // write: mixed types sharing an activation format or not, a type without an integer dot (the
 // fallback), 1 and 7 tokens, row counts that are not multiples of the 16-row tile.
-TEST(MatmulGroupTest, EqualsSeparateMatmulsBitForBit) {
+TEST(MatmulGroupKernelTest, EqualsSeparateMatmulsBitForBit) {
   using formats::GgmlType;
   const int64_t cols = 256;
   struct Spec {
