@@ -127,25 +127,7 @@ TEST(QuantGemmKernelTest, TilesEqualThePerOutputKernelBitForBit) {
         const int64_t max_tokens = 64;
         const auto act = quantized_acts(t, n, max_tokens, static_cast<uint32_t>(rows + n));
         const QuantDotFn dot = quant_dot_fn(t, rows);
-        const QuantDotFn dot_scalar = [&] {
-          const QuantDotOps& o = quant_dot_ops_scalar();
-          switch (t) {
-            case GgmlType::Q4_0:
-              return o.q4_0;
-            case GgmlType::Q4_1:
-              return o.q4_1;
-            case GgmlType::Q5_0:
-              return o.q5_0;
-            case GgmlType::Q5_1:
-              return o.q5_1;
-            case GgmlType::Q8_0:
-              return o.q8_0;
-            case GgmlType::Q4_K:
-              return rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k;
-            default:
-              return o.q6_k;
-          }
-        }();
+        const QuantDotFn dot_scalar = pick_kernel(quant_dot_ops_scalar(), t, rows);
         std::vector<float> ref(static_cast<size_t>(max_tokens * rows));
         for (int64_t tk = 0; tk < max_tokens; ++tk)
           for (int64_t r = 0; r < rows; ++r) {

@@ -51,6 +51,32 @@ struct QuantDotOps {
   float (*dot_f16_chain)(const float*, const float*, int64_t);
   double (*softmax_exp)(const float*, float*, int64_t, float);
 };
+// The entry of a per-type kernel table (QuantDotOps here, QuantGemmOps in quant_gemm.h: members
+// q4_0 ... q6_k) for weight type t in a matrix of `rows` rows, chosen as quant_dot_fn chooses
+// (Q4_K in the 8x8 order when rows % 8 == 0); nullptr for a type without a kernel.
+template <class Ops>
+auto pick_kernel(const Ops& o, formats::GgmlType t, int64_t rows) -> decltype(o.q4_0) {
+  using formats::GgmlType;
+  switch (t) {
+    case GgmlType::Q4_0:
+      return o.q4_0;
+    case GgmlType::Q4_1:
+      return o.q4_1;
+    case GgmlType::Q5_0:
+      return o.q5_0;
+    case GgmlType::Q5_1:
+      return o.q5_1;
+    case GgmlType::Q8_0:
+      return o.q8_0;
+    case GgmlType::Q4_K:
+      return rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k;
+    case GgmlType::Q6_K:
+      return o.q6_k;
+    default:
+      return nullptr;
+  }
+}
+
 // The table for the active SIMD level.
 const QuantDotOps& quant_dot_ops();
 const QuantDotOps& quant_dot_ops_scalar();

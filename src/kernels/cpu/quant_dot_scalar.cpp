@@ -135,27 +135,7 @@ void quantize_act(ActFormat f, const float* x, void* out, int64_t n) {
   quant_dot_ops().quantize(f, x, out, n);
 }
 
-QuantDotFn quant_dot_fn(GgmlType t, int64_t rows) {
-  const QuantDotOps& o = quant_dot_ops();
-  switch (t) {
-    case GgmlType::Q4_0:
-      return o.q4_0;
-    case GgmlType::Q4_1:
-      return o.q4_1;
-    case GgmlType::Q5_0:
-      return o.q5_0;
-    case GgmlType::Q5_1:
-      return o.q5_1;
-    case GgmlType::Q8_0:
-      return o.q8_0;
-    case GgmlType::Q4_K:
-      return rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k;
-    case GgmlType::Q6_K:
-      return o.q6_k;
-    default:
-      return nullptr;
-  }
-}
+QuantDotFn quant_dot_fn(GgmlType t, int64_t rows) { return pick_kernel(quant_dot_ops(), t, rows); }
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   quant_dot_ops().swiglu(gate, up, out, n);

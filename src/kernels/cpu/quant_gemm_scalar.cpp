@@ -45,24 +45,7 @@ const QuantGemmOps& quant_gemm_ops() {
 }
 
 QuantGemmFn quant_gemm_pick(const QuantGemmOps& o, GgmlType t, int64_t rows) {
-  switch (t) {
-    case GgmlType::Q4_0:
-      return o.q4_0;
-    case GgmlType::Q4_1:
-      return o.q4_1;
-    case GgmlType::Q5_0:
-      return o.q5_0;
-    case GgmlType::Q5_1:
-      return o.q5_1;
-    case GgmlType::Q8_0:
-      return o.q8_0;
-    case GgmlType::Q4_K:
-      return rows % 8 == 0 ? o.q4_k_8x8 : o.q4_k;
-    case GgmlType::Q6_K:
-      return o.q6_k;
-    default:
-      return nullptr;
-  }
+  return pick_kernel(o, t, rows);
 }
 
 QuantGemmFn quant_gemm_fn(GgmlType t, int64_t rows) {
