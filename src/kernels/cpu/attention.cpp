@@ -16,8 +16,6 @@ namespace fennec::kernels {
 namespace {
 constexpr int32_t kQueryChunk = 32;
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
 // The arithmetic follows ggml's CPU attention without flash attention (what llama.cpp runs
 // by default there), so logits match it: Q rounded to fp16 meets the fp16 keys in an f16
 // dot in ggml's order; the softmax takes ggml's exp over chunks of 16 key positions counted

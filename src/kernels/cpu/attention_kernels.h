@@ -28,6 +28,9 @@ struct AttnArgs {
 
 using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
 
+// v rounded up to a multiple of m (the padded lengths both bodies share).
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
 AttnItemFn attention_item_scalar();
 // Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers every KV
 // head of the sequence in one call (the item's kv_head is ignored).

@@ -143,6 +143,11 @@ inline __m256i lanes_us_add(__m256i start, __m256i u, __m256i y) {
 #endif
 }
 
+// Q5 blocks' 32 unsigned 5-bit values: the nibbles with bit 4 from qh.
+inline __m256i five_bits32(const uint8_t* qs, const uint8_t* qh) {
+  return _mm256_or_si256(nibbles32(qs), _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10)));
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 constexpr bool kVnni = true;
 #else
@@ -163,7 +168,7 @@ struct LegacyQ5_0 {
   static constexpr bool kMin = false;
   static constexpr int kOffset = 16;
   static __m256i unpack(const Block& x) {
-    return _mm256_or_si256(nibbles32(x.qs), _mm256_and_si256(bits32(x.qh), _mm256_set1_epi8(0x10)));
+    return five_bits32(x.qs, x.qh);
   }
 };
 
@@ -196,7 +201,7 @@ struct LegacyQ5_1 {
   static constexpr bool kMin = true;
   static constexpr int kOffset = 0;
   static __m256i unpack(const Block& x) {
-    return _mm256_or_si256(nibbles32(x.qs), _mm256_and_si256(bits32(x.qh), _mm256_set1_epi8(0x10)));
+    return five_bits32(x.qs, x.qh);
   }
 };
 
