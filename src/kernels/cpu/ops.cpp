@@ -48,26 +48,13 @@ void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             int64_t ldy) {
   if (ldy == 0) ldy = w.rows;
-  const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
-  const ActFormat af = activation_format(w.type);
   if (has_quant_dot(w.type)) {
-    // Activations quantized once per token; the tiled kernel meets each weight row with many of
-    // them (see quant_gemm.h).
-    const int64_t ab = quantized_act_bytes(af, w.cols);
-    thread_local std::vector<uint8_t> act_buf;
-    act_buf.resize(static_cast<size_t>(n_tokens * ab));
-    uint8_t* act = act_buf.data();  // the caller's buffer: the workers' thread_local is another
-    auto quantize = [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) quantize_act(af, x + t * w.cols, act + t * ab, w.cols);
-    };
-    pool.parallel_for(n_tokens, quantize);  // one token: runs on the caller alone
-    const QuantGemmArgs args{w.data, w.row_bytes, act, ab, w.cols, n_tokens, y, ldy};
-    const QuantGemmFn gemm = quant_gemm_fn(w.type, w.rows);
-    pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
-      gemm(args, t0 * kRowTile, std::min(w.rows, t1 * kRowTile));
-    });
+    const MatmulJob job{&w, y, ldy};
+    matmul_group(std::span<const MatmulJob>(&job, 1), x, n_tokens, pool);
     return;
   }
+  const int64_t n_tiles = (w.rows + kRowTile - 1) / kRowTile;
+  const ActFormat af = activation_format(w.type);
   // Other types: dequantize a tile of rows and take float dots with the activations rounded
   // through the format ggml pairs with the type, so the result carries the same rounding.
   const VecOps& v = vec_ops();
@@ -98,7 +85,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   bool fused = !jobs.empty();
   for (const auto& j : jobs) fused = fused && has_quant_dot(j.w->type) && j.w->cols == jobs[0].w->cols;
   if (!fused) {
-    for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool);
+    for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool, j.ldy);
     return;
   }
   const int64_t cols = jobs[0].w->cols;
@@ -117,7 +104,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     while (a < acts.size() && acts[a].fmt != af) ++a;
     if (a == acts.size()) {
       if (a == 4) {  // more formats than buffers: not a case the models have
-        for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool);
+        for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool, j.ldy);
         return;
       }
       acts.push_back({af, quantized_act_bytes(af, cols), &bufs[a]});
@@ -136,7 +123,8 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   for (size_t i = 0; i < jobs.size(); ++i) {
     const WeightView& w = *jobs[i].w;
     const Act& a = acts[act_of[i]];
-    args[i] = {w.data, w.row_bytes, a.buf->data(), a.bytes, w.cols, n_tokens, jobs[i].y, w.rows};
+    args[i] = {w.data, w.row_bytes, a.buf->data(), a.bytes, w.cols, n_tokens, jobs[i].y,
+               jobs[i].ldy > 0 ? jobs[i].ldy : w.rows};
     fns[i] = quant_gemm_fn(w.type, w.rows);
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;
   }

@@ -26,12 +26,14 @@ struct WeightView {
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             int64_t ldy = 0);
 
-// Several products of the same input x (e.g. Q, K and V; gate and up) in one parallel pass:
+// Several products of the same input x (e.g. Q, K and V; gate and up) in one parallel pass (matmul()
+// of a type with an integer dot is the case of one job):
 // x is quantized once per activation format, and one barrier ends them all. Each y is exactly
 // what matmul() would write. Falls back to one matmul() per job where a type has no integer dot.
 struct MatmulJob {
   const WeightView* w = nullptr;
-  float* y = nullptr;  // [n_tokens][w->rows]
+  float* y = nullptr;  // [n_tokens][ldy]
+  int64_t ldy = 0;     // 0: w->rows
 };
 void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tokens, ThreadPool& pool);
 
