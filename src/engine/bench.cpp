@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <random>
 
@@ -139,6 +140,18 @@ std::string model_description(const LoadedModel& lm) {
   else
     std::snprintf(size, sizeof size, "%.0fM", p / 1e6);
   return lm.model().hparams().arch + " " + size + " " + type;
+}
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      const size_t v = colon == std::string::npos ? colon : line.find_first_not_of(" \t", colon + 1);
+      return v == std::string::npos ? "" : line.substr(v);
+    }
+  return "";
 }
 
 double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {

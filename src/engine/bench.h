@@ -37,6 +37,9 @@ int64_t decode_bytes_per_token(const LoadedModel& lm);
 // read by every thread of the pool, best of `reps` passes.
 double measure_read_bandwidth(ThreadPool& pool, int64_t bytes = int64_t{512} << 20, int reps = 5);
 
+// The CPU's model name from /proc/cpuinfo ("" if unknown).
+std::string cpu_model_name();
+
 // "llama 135M Q4_1": architecture, parameter count, file type (llama.cpp's names).
 std::string model_description(const LoadedModel& lm);
 int64_t model_n_params(const LoadedModel& lm);

@@ -24,23 +24,6 @@ std::string iso_time() {
   return buf;
 }
 
-std::string cpu_name() {
-  FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (!f) return "";
-  char line[512];
-  std::string name;
-  while (std::fgets(line, sizeof line, f)) {
-    std::string s(line);
-    if (s.rfind("model name", 0) == 0) {
-      name = s.substr(s.find(':') + 2);
-      if (!name.empty() && name.back() == '\n') name.pop_back();
-      break;
-    }
-  }
-  std::fclose(f);
-  return name;
-}
-
 struct Row {
   std::string model_file, model_type;
   int64_t size = 0, params = 0, bytes_per_token = 0;
@@ -48,6 +31,7 @@ struct Row {
   engine::BenchTest test;
   engine::BenchSamples s;
   double bandwidth = 0;  // bytes/s at this thread count (0: not measured)
+  double roofline = 0;   // decode steps/s the bandwidth allows (tg tests with a bandwidth)
 };
 
 std::string test_name(const engine::BenchTest& t) {
@@ -139,6 +123,7 @@ void add_bench_command(CLI::App& app) {
           }
           Row r{path, engine::model_description(**lm), engine::model_size_bytes(**lm),
                 engine::model_n_params(**lm), engine::decode_bytes_per_token(**lm), nt, t, *s, bw};
+          if (t.n_gen > 0 && bw > 0) r.roofline = bw / static_cast<double>(r.bytes_per_token);
           if (md) {
             char tps[64];
             std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.s.avg_ts, r.s.stddev_ts);
@@ -159,8 +144,8 @@ void add_bench_command(CLI::App& app) {
       for (const auto& [nt, bw] : bw_by_threads)
         std::printf("memory read bandwidth: %.1f GB/s with %d thread%s\n", bw / 1e9, nt, nt == 1 ? "" : "s");
       for (const auto& r : rows) {
-        if (r.test.n_gen == 0 || r.bandwidth <= 0) continue;
-        const double roof = r.bandwidth / static_cast<double>(r.bytes_per_token);
+        if (r.roofline <= 0) continue;
+        const double roof = r.roofline;
         std::printf("decode roofline %s, %d thread%s, %s: %.1f MB of weights per step -> %.1f steps/s; "
                     "measured %.1f steps/s = %.0f%% of it\n",
                     r.model_type.c_str(), r.threads, r.threads == 1 ? "" : "s", test_name(r.test).c_str(),
@@ -170,7 +155,7 @@ void add_bench_command(CLI::App& app) {
       return;
     }
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
-    const std::string cpu = cpu_name();
+    const std::string cpu = engine::cpu_model_name();
     for (const auto& r : rows) {
       nlohmann::ordered_json j;
       j["build_commit"] = "fennec";
@@ -205,11 +190,10 @@ void add_bench_command(CLI::App& app) {
       j["simd"] = kernels::simd_level_name(kernels::active_simd_level());
       if (r.bandwidth > 0) {
         j["mem_bandwidth_gbs"] = r.bandwidth / 1e9;
-        if (r.test.n_gen > 0) {
-          const double roof = r.bandwidth / static_cast<double>(r.bytes_per_token);
+        if (r.roofline > 0) {
           j["decode_bytes_per_token"] = r.bytes_per_token;
-          j["roofline_steps_per_s"] = roof;
-          j["roofline_share"] = r.s.avg_ts / r.test.n_parallel / roof;
+          j["roofline_steps_per_s"] = r.roofline;
+          j["roofline_share"] = r.s.avg_ts / r.test.n_parallel / r.roofline;
         }
       }
       arr.push_back(std::move(j));
