@@ -163,6 +163,13 @@ Expected<Weights> load_decoder_weights(const Loader& l, const HParams& hp) {
   return w;
 }
 
+int64_t Model::pack_weights(ThreadPool& pool) {
+  for (LayerWeights& l : w_.layers)
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) packed_.pack(*v, pool);
+  packed_.pack(w_.output, pool);
+  return packed_.bytes();
+}
+
 engine::KvCacheShape Model::kv_shape(int block_size) const {
   return {hp_.n_layers, hp_.n_kv_heads, hp_.head_dim_k, hp_.head_dim_v, block_size};
 }

@@ -13,6 +13,7 @@
 #include "engine/kv_cache.h"
 #include "formats/gguf.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/repack.h"
 #include "model/hparams.h"
 
 namespace fennec::model {
@@ -83,10 +84,15 @@ class Model {
   Model(std::shared_ptr<const formats::GgufFile> gguf, HParams hp, Weights w)
       : gguf_(std::move(gguf)), hp_(std::move(hp)), w_(std::move(w)) {}
 
+  // Repacks the matrices whose type has a packed form (kernels/cpu/repack.h) into interleaved
+  // copies the products then read; load() does it. Returns the bytes of the copies.
+  int64_t pack_weights(ThreadPool& pool);
+
  private:
   std::shared_ptr<const formats::GgufFile> gguf_;
   HParams hp_;
   Weights w_;
+  kernels::PackedWeights packed_;
 };
 
 // Helpers the architecture files use to read metadata and bind tensors.

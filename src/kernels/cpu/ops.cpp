@@ -10,6 +10,7 @@
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/quant_gemm.h"
+#include "kernels/cpu/repack.h"
 #include "kernels/cpu/vec.h"
 #include "quant/dequantize.h"
 
@@ -20,6 +21,7 @@ namespace {
 // Rows of W per unit of work split across threads (and, for types without an integer kernel,
 // dequantized per tile: every token reuses the tile while it is in cache).
 constexpr int64_t kRowTile = 16;
+static_assert(kRowTile == kPackRows);
 
 void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
   if (w.type == formats::GgmlType::F32) {
@@ -112,20 +114,46 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     }
     act_of[i] = a;
   }
+  // Packed matrices (repack.h) also read each Q8_0 block's scale as float and its byte sum.
+  bool any_packed = false;
+  for (const auto& j : jobs) any_packed = any_packed || j.w->packed;
+  const int64_t nb = cols / 32;
+  thread_local std::vector<float> side_d;
+  thread_local std::vector<int32_t> side_sum;
+  const Act* q8 = nullptr;
+  if (any_packed) {
+    for (const Act& a : acts)
+      if (a.fmt == ActFormat::kQ8_0) q8 = &a;
+    side_d.resize(static_cast<size_t>(n_tokens * nb));
+    side_sum.resize(static_cast<size_t>(n_tokens * nb));
+  }
+  // Pointers, not the thread_local names: the workers would see their own (empty) vectors.
+  float* const sd = side_d.data();
+  int32_t* const ss = side_sum.data();
   pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
     for (const Act& a : acts)
       for (int64_t t = t0; t < t1; ++t) quantize_act(a.fmt, x + t * cols, a.buf->data() + t * a.bytes, cols);
+    if (q8)
+      for (int64_t t = t0; t < t1; ++t)
+        packed_act_sides(q8->buf->data() + t * q8->bytes, nb, sd + t * nb, ss + t * nb);
   });
   // Row tiles of all jobs, numbered one after another.
   std::vector<int64_t> first_tile(jobs.size() + 1, 0);
   std::vector<QuantGemmArgs> args(jobs.size());
   std::vector<QuantGemmFn> fns(jobs.size());
+  std::vector<PackedGemmArgs> pargs(jobs.size());
+  std::vector<PackedGemmFn> pfns(jobs.size(), nullptr);
   for (size_t i = 0; i < jobs.size(); ++i) {
     const WeightView& w = *jobs[i].w;
     const Act& a = acts[act_of[i]];
     args[i] = {w.data, w.row_bytes, a.buf->data(), a.bytes, w.cols, n_tokens, jobs[i].y,
                jobs[i].ldy > 0 ? jobs[i].ldy : w.rows};
     fns[i] = quant_gemm_fn(w.type, w.rows);
+    if (w.packed) {
+      pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
+      pargs[i] = {w.packed,      nb,         a.buf->data(), a.bytes, sd, ss,
+                  n_tokens,      jobs[i].y,  args[i].ldy,   w.rows};
+    }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;
   }
   pool.parallel_for(first_tile.back(), [&](int64_t t0, int64_t t1) {
@@ -134,7 +162,10 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     for (int64_t t = t0; t < t1;) {
       const int64_t end = std::min(t1, first_tile[i + 1]);
       const int64_t rows = jobs[i].w->rows;
-      fns[i](args[i], (t - first_tile[i]) * kRowTile, std::min(rows, (end - first_tile[i]) * kRowTile));
+      if (pfns[i])  // a row tile is one packed group (kRowTile == kPackRows)
+        pfns[i](pargs[i], t - first_tile[i], end - first_tile[i]);
+      else
+        fns[i](args[i], (t - first_tile[i]) * kRowTile, std::min(rows, (end - first_tile[i]) * kRowTile));
       t = end;
       ++i;
     }

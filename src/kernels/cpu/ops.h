@@ -12,13 +12,15 @@
 namespace fennec::kernels {
 
 // A weight matrix in its stored (possibly quantized) form: `rows` rows of `cols` elements,
-// each row `row_bytes` long. A view into the model file; never copied.
+// each row `row_bytes` long. A view into the model file; never copied. Where `packed` is set,
+// products read that interleaved copy instead (repack.h); `data` stays valid for get_rows.
 struct WeightView {
   formats::GgmlType type = formats::GgmlType::F32;
   const uint8_t* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t row_bytes = 0;
+  const uint8_t* packed = nullptr;
 };
 
 // y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < W.rows. x is [n_tokens][W.cols],

@@ -1,0 +1,161 @@
+// Packed products (kernels/cpu/repack.h): every ISA path gives the scalar path's bits for every
+// shape and token count; the scalar path equals an independent evaluation of its contract
+// (exact integer block sums from the original unpacked blocks, then one fma chain per output);
+// and matmul through a packed view agrees with the unpacked kernels to float rounding.
+#include "kernels/cpu/repack.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/float_convert.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_dot.h"
+#include "quant/blocks.h"
+
+namespace fennec::kernels {
+namespace {
+
+using formats::GgmlType;
+
+// Random blocks with moderate fp16 scales; Q8_0's random bytes include -128.
+std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, uint32_t seed) {
+  const int64_t bs = t == GgmlType::Q4_0 ? 18 : 34;
+  std::vector<uint8_t> m(static_cast<size_t>(rows * cols / 32 * bs));
+  std::mt19937 rng(seed);
+  for (auto& b : m) b = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> u(0.001f, 0.05f);
+  for (size_t o = 0; o < m.size(); o += static_cast<size_t>(bs)) {
+    const uint16_t h = f32_to_fp16(u(rng));
+    std::memcpy(m.data() + o, &h, 2);
+  }
+  return m;
+}
+
+struct Act {
+  std::vector<uint8_t> q8;
+  std::vector<float> d;
+  std::vector<int32_t> sum;
+  int64_t stride = 0;
+};
+
+Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  Act a;
+  a.stride = quantized_act_bytes(ActFormat::kQ8_0, cols);
+  a.q8.resize(static_cast<size_t>(n_tokens * a.stride));
+  const int64_t nb = cols / 32;
+  a.d.resize(static_cast<size_t>(n_tokens * nb));
+  a.sum.resize(static_cast<size_t>(n_tokens * nb));
+  std::vector<float> x(static_cast<size_t>(cols));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (auto& v : x) v = nd(rng) * (t % 3 == 0 ? 10.f : 1.f);
+    quantize_act(ActFormat::kQ8_0, x.data(), a.q8.data() + t * a.stride, cols);
+    packed_act_sides(a.q8.data() + t * a.stride, nb, a.d.data() + t * nb, a.sum.data() + t * nb);
+  }
+  return a;
+}
+
+// The contract, from the original blocks.
+float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto* y = reinterpret_cast<const quant::BlockQ8_0*>(act) + b;
+    int32_t isum = 0;
+    float dw;
+    if (t == GgmlType::Q4_0) {
+      const auto* x = reinterpret_cast<const quant::BlockQ4_0*>(row) + b;
+      for (int j = 0; j < 16; ++j) {
+        isum += ((x->qs[j] & 0x0F) - 8) * y->qs[j];
+        isum += ((x->qs[j] >> 4) - 8) * y->qs[j + 16];
+      }
+      dw = fp16_to_f32(x->d);
+    } else {
+      const auto* x = reinterpret_cast<const quant::BlockQ8_0*>(row) + b;
+      for (int j = 0; j < 32; ++j) isum += x->qs[j] * y->qs[j];
+      dw = fp16_to_f32(x->d);
+    }
+    acc = std::fma(static_cast<float>(isum), dw * fp16_to_f32(y->d), acc);
+  }
+  return acc;
+}
+
+class RepackKernelTest : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
+  const GgmlType t = GetParam();
+  std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
+  if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
+  if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
+  for (int64_t rows : {16, 37, 64}) {
+    for (int64_t cols : {32, 96, 512}) {
+      const int64_t nb = cols / 32;
+      const int64_t row_bytes = nb * (t == GgmlType::Q4_0 ? 18 : 34);
+      const auto m = random_rows(t, rows, cols, static_cast<uint32_t>(rows * 1000 + cols));
+      WeightView w{t, m.data(), rows, cols, row_bytes};
+      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(t, rows, cols)) + 64);
+      uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+      const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+      pack_groups(w, p, 0, groups);
+      for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17}) {
+        const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens));
+        for (auto [ops, name] : paths) {
+          const int64_t ldy = rows + 3;
+          std::vector<float> y(static_cast<size_t>(n_tokens * ldy), -1.f);
+          const PackedGemmArgs args{p, nb, a.q8.data(), a.stride, a.d.data(), a.sum.data(), n_tokens, y.data(), ldy, rows};
+          // Two calls over split group ranges, as the thread pool issues them.
+          packed_gemm_pick(*ops, t)(args, 0, groups / 2);
+          packed_gemm_pick(*ops, t)(args, groups / 2, groups);
+          for (int64_t tok = 0; tok < n_tokens; ++tok) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const float e = expected_output(t, m.data() + r * row_bytes, a.q8.data() + tok * a.stride, nb);
+              const float got = y[static_cast<size_t>(tok * ldy + r)];
+              ASSERT_EQ(f32_to_bits(got), f32_to_bits(e))
+                  << name << " " << formats::type_name(t) << " rows " << rows << " cols " << cols << " tokens "
+                  << n_tokens << " at (" << tok << ", " << r << "): " << got << " vs " << e;
+            }
+            for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y[static_cast<size_t>(tok * ldy + r)], -1.f) << "wrote past rows";
+          }
+        }
+      }
+    }
+  }
+}
+
+// matmul through the packed view, against the per-output (ggml order) kernels: the same
+// integer sums in another float order, so equal to a few ulps of the output's magnitude.
+TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
+  const GgmlType t = GetParam();
+  const int64_t rows = 50, cols = 256, n_tokens = 11;
+  const auto m = random_rows(t, rows, cols, 7);
+  WeightView w{t, m.data(), rows, cols, cols / 32 * (t == GgmlType::Q4_0 ? 18 : 34)};
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(n_tokens * cols));
+  for (auto& v : x) v = nd(rng);
+  ThreadPool pool(2);
+  std::vector<float> y0(static_cast<size_t>(n_tokens * rows)), y1(y0.size());
+  matmul(w, x.data(), n_tokens, y0.data(), pool);
+  PackedWeights store;
+  WeightView pw = w;
+  store.pack(pw, pool);
+  if (!repack_enabled()) GTEST_SKIP() << "FENNEC_REPACK=0";
+  ASSERT_NE(pw.packed, nullptr);
+  EXPECT_EQ(store.bytes(), packed_bytes(t, rows, cols));
+  matmul(pw, x.data(), n_tokens, y1.data(), pool);
+  double scale = 0;
+  for (float v : y0) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+  for (size_t i = 0; i < y0.size(); ++i) EXPECT_NEAR(y1[i], y0[i], 1e-5 * scale) << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest, ::testing::Values(GgmlType::Q4_0, GgmlType::Q8_0),
+                         [](const auto& info) { return std::string(formats::type_name(info.param)); });
+
+}  // namespace
+}  // namespace fennec::kernels
