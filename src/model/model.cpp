@@ -3,6 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include <cmath>
+#include <cstring>
+
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/vec.h"
 
@@ -40,6 +43,20 @@ Expected<WeightView> Loader::matrix(const std::string& name, int64_t cols, int64
   w.rows = rows;
   w.cols = cols;
   w.row_bytes = static_cast<int64_t>(formats::row_bytes(*tr, static_cast<uint64_t>(cols)));
+  // An optional per-tensor output scale "<base>.scale" (F32, one element), as llama.cpp reads
+  // it for NVFP4 weights and applies to the product.
+  const std::string suffix = ".weight";
+  if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    const std::string sname = name.substr(0, name.size() - suffix.size()) + ".scale";
+    if (const formats::GgufTensor* st = g_.find_tensor(sname)) {
+      if (st->type != GgmlType::F32 || st->n_elements() != 1)
+        return make_error(g_.path() + ": tensor '" + sname + "' should be one F32 value");
+      float v;
+      std::memcpy(&v, st->data, sizeof v);
+      if (!std::isfinite(v)) return make_error(g_.path() + ": tensor '" + sname + "' is not finite");
+      w.out_scale = v;
+    }
+  }
   return w;
 }
 

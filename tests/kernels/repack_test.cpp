@@ -17,24 +17,77 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_dot.h"
 #include "quant/blocks.h"
+#include "quant/dequantize.h"
 
 namespace fennec::kernels {
 namespace {
 
 using formats::GgmlType;
 
-// Random blocks with moderate fp16 scales; Q8_0's random bytes include -128.
+int64_t block_cols(GgmlType t) { return t == GgmlType::NVFP4 ? 64 : 32; }
+int64_t block_size(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return 18;
+    case GgmlType::Q5_0: return 22;
+    case GgmlType::Q8_0: return 34;
+    case GgmlType::MXFP4: return 17;
+    default: return 36;  // NVFP4
+  }
+}
+int64_t row_bytes(GgmlType t, int64_t cols) { return cols / block_cols(t) * block_size(t); }
+
+// Random blocks with moderate scales; the random quant bytes cover every nibble, bit and byte
+// (Q8_0's include -128).
 std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, uint32_t seed) {
-  const int64_t bs = t == GgmlType::Q4_0 ? 18 : 34;
-  std::vector<uint8_t> m(static_cast<size_t>(rows * cols / 32 * bs));
+  std::vector<uint8_t> m(static_cast<size_t>(rows * row_bytes(t, cols)));
   std::mt19937 rng(seed);
   for (auto& b : m) b = static_cast<uint8_t>(rng());
   std::uniform_real_distribution<float> u(0.001f, 0.05f);
-  for (size_t o = 0; o < m.size(); o += static_cast<size_t>(bs)) {
-    const uint16_t h = f32_to_fp16(u(rng));
-    std::memcpy(m.data() + o, &h, 2);
+  const size_t bs = static_cast<size_t>(block_size(t));
+  for (size_t o = 0; o < m.size(); o += bs) {
+    if (t == GgmlType::MXFP4) {
+      m[o] = static_cast<uint8_t>(118 + rng() % 12);  // 2^-10 .. 2^1
+    } else if (t == GgmlType::NVFP4) {
+      for (int s = 0; s < 4; ++s) m[o + s] = static_cast<uint8_t>(rng() % 0x7f);  // incl. 0 and subnormals
+    } else {
+      const uint16_t h = f32_to_fp16(u(rng));
+      std::memcpy(m.data() + o, &h, 2);
+    }
   }
   return m;
+}
+
+// Column c of a row: the signed integer weight and the float scale it is multiplied by,
+// decoded from ggml's block layouts (independently of the packer).
+std::pair<int32_t, float> decode(GgmlType t, const uint8_t* row, int64_t c) {
+  const int64_t b = c / block_cols(t), i = c % block_cols(t);
+  const uint8_t* blk = row + b * block_size(t);
+  auto nib = [](const uint8_t* qs, int64_t i, int64_t half) { return i < half ? qs[i] & 0x0F : qs[i - half] >> 4; };
+  switch (t) {
+    case GgmlType::Q4_0: {
+      const auto* x = reinterpret_cast<const quant::BlockQ4_0*>(blk);
+      return {nib(x->qs, i, 16) - 8, fp16_to_f32(x->d)};
+    }
+    case GgmlType::Q5_0: {
+      const auto* x = reinterpret_cast<const quant::BlockQ5_0*>(blk);
+      uint32_t qh;
+      std::memcpy(&qh, x->qh, 4);
+      return {(nib(x->qs, i, 16) | static_cast<int>((qh >> i) & 1) << 4) - 16, fp16_to_f32(x->d)};
+    }
+    case GgmlType::Q8_0: {
+      const auto* x = reinterpret_cast<const quant::BlockQ8_0*>(blk);
+      return {x->qs[i], fp16_to_f32(x->d)};
+    }
+    case GgmlType::MXFP4: {
+      const auto* x = reinterpret_cast<const quant::BlockMxfp4*>(blk);
+      return {kE2M1Doubled[nib(x->qs, i, 16)], e8m0_to_f32_half(x->e)};
+    }
+    default: {  // NVFP4: sub-block s = i / 16, byte 8s+j holds columns 16s+j and 16s+j+8
+      const auto* x = reinterpret_cast<const quant::BlockNvfp4*>(blk);
+      const int64_t s = i / 16, j = i % 16;
+      return {kE2M1Doubled[nib(x->qs + 8 * s, j, 8)], ue4m3_to_f32_half(x->d[s])};
+    }
+  }
 }
 
 struct Act {
@@ -52,36 +105,26 @@ Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed) {
   a.q8.resize(static_cast<size_t>(n_tokens * a.stride));
   const int64_t nb = cols / 32;
   a.d.resize(static_cast<size_t>(n_tokens * nb));
-  a.sum.resize(static_cast<size_t>(n_tokens * nb));
+  a.sum.resize(static_cast<size_t>(2 * n_tokens * nb));
   std::vector<float> x(static_cast<size_t>(cols));
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (auto& v : x) v = nd(rng) * (t % 3 == 0 ? 10.f : 1.f);
     quantize_act(ActFormat::kQ8_0, x.data(), a.q8.data() + t * a.stride, cols);
-    packed_act_sides(a.q8.data() + t * a.stride, nb, a.d.data() + t * nb, a.sum.data() + t * nb);
+    packed_act_sides(a.q8.data() + t * a.stride, nb, a.d.data() + t * nb, a.sum.data() + 2 * t * nb);
   }
   return a;
 }
 
-// The contract, from the original blocks.
-float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_t nb) {
+// The contract: per scale group (32 columns, or 16 for NVFP4), the exact integer sum, then
+// acc = fma(float(isum), scale * d_a, acc) in column order.
+float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_t cols) {
+  const int64_t group = t == GgmlType::NVFP4 ? 16 : 32;
+  const auto* y = reinterpret_cast<const quant::BlockQ8_0*>(act);
   float acc = 0.f;
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto* y = reinterpret_cast<const quant::BlockQ8_0*>(act) + b;
+  for (int64_t c0 = 0; c0 < cols; c0 += group) {
     int32_t isum = 0;
-    float dw;
-    if (t == GgmlType::Q4_0) {
-      const auto* x = reinterpret_cast<const quant::BlockQ4_0*>(row) + b;
-      for (int j = 0; j < 16; ++j) {
-        isum += ((x->qs[j] & 0x0F) - 8) * y->qs[j];
-        isum += ((x->qs[j] >> 4) - 8) * y->qs[j + 16];
-      }
-      dw = fp16_to_f32(x->d);
-    } else {
-      const auto* x = reinterpret_cast<const quant::BlockQ8_0*>(row) + b;
-      for (int j = 0; j < 32; ++j) isum += x->qs[j] * y->qs[j];
-      dw = fp16_to_f32(x->d);
-    }
-    acc = std::fma(static_cast<float>(isum), dw * fp16_to_f32(y->d), acc);
+    for (int64_t c = c0; c < c0 + group; ++c) isum += decode(t, row, c).first * y[c / 32].qs[c % 32];
+    acc = std::fma(static_cast<float>(isum), decode(t, row, c0).second * fp16_to_f32(y[c0 / 32].d), acc);
   }
   return acc;
 }
@@ -95,10 +138,18 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
   if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
   for (int64_t rows : {16, 37, 64}) {
     for (int64_t cols : {32, 96, 512}) {
+      if (cols % block_cols(t)) continue;
       const int64_t nb = cols / 32;
-      const int64_t row_bytes = nb * (t == GgmlType::Q4_0 ? 18 : 34);
+      const int64_t rb = row_bytes(t, cols);
       const auto m = random_rows(t, rows, cols, static_cast<uint32_t>(rows * 1000 + cols));
-      WeightView w{t, m.data(), rows, cols, row_bytes};
+      WeightView w{t, m.data(), rows, cols, rb};
+      // The decoder agrees with the reference dequantizer (checked against the gguf package).
+      std::vector<float> deq(static_cast<size_t>(cols));
+      ASSERT_TRUE(quant::dequantize_row(t, m.data(), deq.data(), cols).has_value());
+      for (int64_t c = 0; c < cols; ++c) {
+        const auto [x, sc] = decode(t, m.data(), c);
+        ASSERT_EQ(static_cast<float>(x) * sc, deq[static_cast<size_t>(c)]) << "column " << c;
+      }
       std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(t, rows, cols)) + 64);
       uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
       const int64_t groups = (rows + kPackRows - 1) / kPackRows;
@@ -114,7 +165,7 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
           packed_gemm_pick(*ops, t)(args, groups / 2, groups);
           for (int64_t tok = 0; tok < n_tokens; ++tok) {
             for (int64_t r = 0; r < rows; ++r) {
-              const float e = expected_output(t, m.data() + r * row_bytes, a.q8.data() + tok * a.stride, nb);
+              const float e = expected_output(t, m.data() + r * rb, a.q8.data() + tok * a.stride, cols);
               const float got = y[static_cast<size_t>(tok * ldy + r)];
               ASSERT_EQ(f32_to_bits(got), f32_to_bits(e))
                   << name << " " << formats::type_name(t) << " rows " << rows << " cols " << cols << " tokens "
@@ -134,7 +185,7 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   const GgmlType t = GetParam();
   const int64_t rows = 50, cols = 256, n_tokens = 11;
   const auto m = random_rows(t, rows, cols, 7);
-  WeightView w{t, m.data(), rows, cols, cols / 32 * (t == GgmlType::Q4_0 ? 18 : 34)};
+  WeightView w{t, m.data(), rows, cols, row_bytes(t, cols)};
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<float> x(static_cast<size_t>(n_tokens * cols));
@@ -152,9 +203,20 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   double scale = 0;
   for (float v : y0) scale = std::max(scale, std::fabs(static_cast<double>(v)));
   for (size_t i = 0; i < y0.size(); ++i) EXPECT_NEAR(y1[i], y0[i], 1e-5 * scale) << i;
+  // A per-tensor output scale (NVFP4's "<name>.scale") multiplies every output, packed or not.
+  std::vector<float> y2(y0.size()), y3(y0.size());
+  pw.out_scale = w.out_scale = 0.25f;
+  matmul(pw, x.data(), n_tokens, y2.data(), pool);
+  matmul(w, x.data(), n_tokens, y3.data(), pool);
+  for (size_t i = 0; i < y0.size(); ++i) {
+    EXPECT_EQ(y2[i], y1[i] * 0.25f) << i;
+    EXPECT_EQ(y3[i], y0[i] * 0.25f) << i;
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest, ::testing::Values(GgmlType::Q4_0, GgmlType::Q8_0),
+INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest,
+                         ::testing::Values(GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::MXFP4,
+                                           GgmlType::NVFP4),
                          [](const auto& info) { return std::string(formats::type_name(info.param)); });
 
 }  // namespace

@@ -45,12 +45,17 @@ void dequantize_rows(const WeightView& w, int64_t r0, int64_t n, float* out) {
   }
 }
 
+void scale_outputs(float* y, int64_t ldy, int64_t n_tokens, int64_t r0, int64_t r1, float s) {
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] *= s;
+}
+
 }  // namespace
 
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             int64_t ldy) {
   if (ldy == 0) ldy = w.rows;
-  if (has_quant_dot(w.type)) {
+  if (has_quant_dot(w.type) || w.packed) {
     const MatmulJob job{&w, y, ldy};
     matmul_group(std::span<const MatmulJob>(&job, 1), x, n_tokens, pool);
     return;
@@ -79,13 +84,15 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
         float* yt = y + tok * ldy + r0;
         for (int64_t r = 0; r < nr; ++r) yt[r] = v.dot(tile.data() + r * w.cols, xt, w.cols);
       }
+      if (w.out_scale != 1.0f) scale_outputs(y, ldy, n_tokens, r0, r0 + nr, w.out_scale);
     }
   });
 }
 
 void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tokens, ThreadPool& pool) {
   bool fused = !jobs.empty();
-  for (const auto& j : jobs) fused = fused && has_quant_dot(j.w->type) && j.w->cols == jobs[0].w->cols;
+  for (const auto& j : jobs)
+    fused = fused && (has_quant_dot(j.w->type) || j.w->packed) && j.w->cols == jobs[0].w->cols;
   if (!fused) {
     for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool, j.ldy);
     return;
@@ -125,7 +132,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     for (const Act& a : acts)
       if (a.fmt == ActFormat::kQ8_0) q8 = &a;
     side_d.resize(static_cast<size_t>(n_tokens * nb));
-    side_sum.resize(static_cast<size_t>(n_tokens * nb));
+    side_sum.resize(static_cast<size_t>(2 * n_tokens * nb));
   }
   // Pointers, not the thread_local names: the workers would see their own (empty) vectors.
   float* const sd = side_d.data();
@@ -135,7 +142,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
       for (int64_t t = t0; t < t1; ++t) quantize_act(a.fmt, x + t * cols, a.buf->data() + t * a.bytes, cols);
     if (q8)
       for (int64_t t = t0; t < t1; ++t)
-        packed_act_sides(q8->buf->data() + t * q8->bytes, nb, sd + t * nb, ss + t * nb);
+        packed_act_sides(q8->buf->data() + t * q8->bytes, nb, sd + t * nb, ss + 2 * t * nb);
   });
   // Row tiles of all jobs, numbered one after another.
   std::vector<int64_t> first_tile(jobs.size() + 1, 0);
@@ -162,10 +169,12 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     for (int64_t t = t0; t < t1;) {
       const int64_t end = std::min(t1, first_tile[i + 1]);
       const int64_t rows = jobs[i].w->rows;
+      const int64_t r0 = (t - first_tile[i]) * kRowTile, r1 = std::min(rows, (end - first_tile[i]) * kRowTile);
       if (pfns[i])  // a row tile is one packed group (kRowTile == kPackRows)
         pfns[i](pargs[i], t - first_tile[i], end - first_tile[i]);
       else
-        fns[i](args[i], (t - first_tile[i]) * kRowTile, std::min(rows, (end - first_tile[i]) * kRowTile));
+        fns[i](args[i], r0, r1);
+      if (jobs[i].w->out_scale != 1.0f) scale_outputs(args[i].y, args[i].ldy, n_tokens, r0, r1, jobs[i].w->out_scale);
       t = end;
       ++i;
     }

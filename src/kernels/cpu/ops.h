@@ -21,6 +21,7 @@ struct WeightView {
   int64_t cols = 0;
   int64_t row_bytes = 0;
   const uint8_t* packed = nullptr;
+  float out_scale = 1.0f;  // products are multiplied by it (a per-tensor scale "<name>.scale", NVFP4)
 };
 
 // y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < W.rows. x is [n_tokens][W.cols],

@@ -1,5 +1,5 @@
-// Packing of Q4_0 / Q8_0 matrices into 16-row groups, and the scalar products that define the
-// bits of the SIMD ones (repack_avx2.cpp, repack_avx512.cpp).
+// Packing into 16-row groups (repack_layout.h), and the scalar products that define the bits of
+// the SIMD ones (repack_avx2.cpp, repack_avx512.cpp).
 #include "kernels/cpu/repack.h"
 
 #include <algorithm>
@@ -9,73 +9,147 @@
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
 
 namespace fennec::kernels {
 
 using formats::GgmlType;
-using quant::BlockQ4_0;
-using quant::BlockQ8_0;
 
 namespace {
 
-constexpr int64_t kQ4Qs = 4 * 64;  // interleaved quant bytes per block of a group
-constexpr int64_t kQ8Qs = 8 * 64;
+// One row's block of 32 columns in packed terms: u per column, the qh word (Q5_0), the scales.
+struct RowBlock {
+  uint8_t u[32] = {};
+  uint32_t qh = 0;
+  uint16_t scale[2] = {};
+};
 
-int64_t qs_bytes(GgmlType t) { return t == GgmlType::Q4_0 ? kQ4Qs : kQ8Qs; }
+// Reads block b (of 32 columns) of a row of type t.
+RowBlock read_block(GgmlType t, const uint8_t* row, int64_t b) {
+  RowBlock o;
+  switch (t) {
+    case GgmlType::Q4_0: {
+      const auto& x = reinterpret_cast<const quant::BlockQ4_0*>(row)[b];
+      for (int i = 0; i < 16; ++i) {
+        o.u[i] = x.qs[i] & 0x0F;
+        o.u[i + 16] = x.qs[i] >> 4;
+      }
+      o.scale[0] = x.d;
+      break;
+    }
+    case GgmlType::Q5_0: {
+      const auto& x = reinterpret_cast<const quant::BlockQ5_0*>(row)[b];
+      for (int i = 0; i < 16; ++i) {
+        o.u[i] = x.qs[i] & 0x0F;
+        o.u[i + 16] = x.qs[i] >> 4;
+      }
+      std::memcpy(&o.qh, x.qh, 4);
+      o.scale[0] = x.d;
+      break;
+    }
+    case GgmlType::Q8_0: {
+      const auto& x = reinterpret_cast<const quant::BlockQ8_0*>(row)[b];
+      for (int i = 0; i < 32; ++i) o.u[i] = static_cast<uint8_t>(x.qs[i]) ^ 0x80;
+      o.scale[0] = x.d;
+      break;
+    }
+    case GgmlType::MXFP4: {
+      const auto& x = reinterpret_cast<const quant::BlockMxfp4*>(row)[b];
+      for (int i = 0; i < 16; ++i) {
+        o.u[i] = x.qs[i] & 0x0F;
+        o.u[i + 16] = x.qs[i] >> 4;
+      }
+      o.scale[0] = static_cast<uint16_t>(f32_to_bits(e8m0_to_f32_half(x.e)) >> 16);  // exact
+      break;
+    }
+    case GgmlType::NVFP4: {
+      // Packed block b is half b % 2 of NVFP4 block b / 2: its sub-blocks 2h and 2h + 1.
+      const auto& x = reinterpret_cast<const quant::BlockNvfp4*>(row)[b / 2];
+      const int h = static_cast<int>(b % 2);
+      for (int s = 0; s < 2; ++s) {
+        const int sb = 2 * h + s;
+        const uint8_t* q = x.qs + 8 * sb;  // byte 8sb+j: column 16sb+j (low), 16sb+j+8 (high)
+        for (int j = 0; j < 8; ++j) {
+          o.u[16 * s + j] = q[j] & 0x0F;
+          o.u[16 * s + j + 8] = q[j] >> 4;
+        }
+        o.scale[s] = f32_to_fp16(ue4m3_to_f32_half(x.d[sb]));  // exact: <= 3 mantissa bits
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return o;
+}
 
-template <class Block, int kChunks, uint8_t kXor>
+template <class L>
 void pack_type(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   const int64_t nb = w.cols / quant::kQK;
-  const int64_t gbytes = packed_group_stride(kChunks, nb);
+  const int64_t gbytes = packed::group_stride<L>(nb);
   for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* qs = dst + g * gbytes;
-    uint16_t* d = reinterpret_cast<uint16_t*>(qs + nb * kChunks * 64);
+    uint8_t* grp = dst + g * gbytes;
+    std::memset(grp, 0, static_cast<size_t>(gbytes));
+    auto* sc = reinterpret_cast<uint16_t*>(grp + nb * packed::block_bytes<L>());
     for (int r = 0; r < kPackRows; ++r) {
       const int64_t row = g * kPackRows + r;
-      const Block* src = row < w.rows ? reinterpret_cast<const Block*>(w.data + row * w.row_bytes) : nullptr;
+      if (row >= w.rows) continue;  // missing rows: zero quants and zero scales
       for (int64_t b = 0; b < nb; ++b) {
-        uint8_t* q = qs + b * kChunks * 64 + 4 * r;
-        d[b * kPackRows + r] = src ? src[b].d : 0;
-        for (int j = 0; j < kChunks; ++j)
-          for (int k = 0; k < 4; ++k) {
-            // Missing rows: zero weights (Q4_0's nibble 8, Q8_0's unsigned 128) and zero scale.
-            const uint8_t v = src ? static_cast<uint8_t>(src[b].qs[4 * j + k]) : (kXor ? 0 : 0x88);
-            q[j * 64 + k] = v ^ kXor;
-          }
+        const RowBlock rb = read_block(w.type, w.data + row * w.row_bytes, b);
+        uint8_t* q = grp + b * packed::block_bytes<L>() + 4 * r;
+        for (int j = 0; j < L::kChunks; ++j)
+          for (int k = 0; k < 4; ++k)
+            q[64 * j + k] = L::kChunks == 8 ? rb.u[4 * j + k]
+                                            : static_cast<uint8_t>(rb.u[4 * j + k] | rb.u[16 + 4 * j + k] << 4);
+        if constexpr (L::kQh) std::memcpy(q + 64 * L::kChunks, &rb.qh, 4);
+        for (int s = 0; s < L::kScales; ++s) sc[(b * L::kScales + s) * kPackRows + r] = rb.scale[s];
       }
     }
   }
 }
 
-// The defining computation: per output, the block's exact integer sum, then one fma chain.
-template <bool kQ4>
+// The signed weight of column c of row r in packed block q (which starts at the block).
+template <class L>
+int32_t weight(const uint8_t* q, int r, int c) {
+  const int j = (c / 4) % 8, k = c % 4;
+  uint8_t u;
+  if constexpr (L::kChunks == 8) {
+    u = q[64 * j + 4 * r + k];
+  } else {
+    const uint8_t byte = q[64 * (j % 4) + 4 * r + k];
+    u = j < 4 ? byte & 0x0F : byte >> 4;
+  }
+  if constexpr (L::kQh) {
+    uint32_t qh;
+    std::memcpy(&qh, q + 64 * L::kChunks + 4 * r, 4);
+    u |= static_cast<uint8_t>(((qh >> c) & 1) << 4);
+  }
+  if constexpr (L::kLut) u = packed::kE2M1Unsigned[u];
+  return static_cast<int32_t>(u) - L::kOffset;
+}
+
+// The defining computation: per output and block, the exact integer sums, then the fma chain.
+template <class L>
 void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
-  const int64_t gbytes = packed_group_stride(kChunks, a.nb);
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
+  constexpr int kCols = 32 / L::kScales;  // columns per scale
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* qs = a.w + g * gbytes;
-    const uint16_t* d = reinterpret_cast<const uint16_t*>(qs + a.nb * kChunks * 64);
+    const uint8_t* grp = a.w + g * gbytes;
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
     for (int64_t t = 0; t < a.n_tokens; ++t) {
-      const auto* act = reinterpret_cast<const BlockQ8_0*>(a.act + t * a.act_stride);
+      const auto* act = reinterpret_cast<const quant::BlockQ8_0*>(a.act + t * a.act_stride);
       for (int r = 0; r < nr; ++r) {
         float acc = 0.0f;
         for (int64_t b = 0; b < a.nb; ++b) {
-          const uint8_t* q = qs + b * kChunks * 64 + 4 * r;
-          const int8_t* y = act[b].qs;
-          int32_t isum = 0;
-          for (int j = 0; j < 4 * kChunks; ++j) {
-            const uint8_t v = q[(j / 4) * 64 + j % 4];
-            if constexpr (kQ4) {
-              isum += ((v & 0x0F) - 8) * y[j];
-              isum += ((v >> 4) - 8) * y[j + 16];
-            } else {
-              isum += (static_cast<int32_t>(v) - 128) * y[j];
-            }
+          const uint8_t* q = grp + b * packed::block_bytes<L>();
+          for (int s = 0; s < L::kScales; ++s) {
+            int32_t isum = 0;
+            for (int c = kCols * s; c < kCols * (s + 1); ++c) isum += weight<L>(q, r, c) * act[b].qs[c];
+            const float dd = packed::scale_value<L>(sc[(b * L::kScales + s) * kPackRows + r]) * a.act_d[t * a.nb + b];
+            acc = std::fma(static_cast<float>(isum), dd, acc);
           }
-          const float dd = fp16_to_f32(d[b * kPackRows + r]) * a.act_d[t * a.nb + b];
-          acc = std::fma(static_cast<float>(isum), dd, acc);
         }
         a.y[t * a.ldy + g * kPackRows + r] = acc;
       }
@@ -83,12 +157,28 @@ void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+template <class L>
+int64_t stride_of(int64_t nb) {
+  return packed::group_stride<L>(nb);
+}
+
 }  // namespace
 
-bool can_pack(GgmlType t) { return t == GgmlType::Q4_0 || t == GgmlType::Q8_0; }
+bool can_pack(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q5_0 || t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ||
+         t == GgmlType::NVFP4;
+}
 
 int64_t packed_group_bytes(GgmlType t, int64_t cols) {
-  return packed_group_stride(static_cast<int>(qs_bytes(t) / 64), cols / quant::kQK);
+  const int64_t nb = cols / quant::kQK;
+  switch (t) {
+    case GgmlType::Q4_0: return stride_of<packed::Q4_0>(nb);
+    case GgmlType::Q5_0: return stride_of<packed::Q5_0>(nb);
+    case GgmlType::Q8_0: return stride_of<packed::Q8_0>(nb);
+    case GgmlType::MXFP4: return stride_of<packed::Mxfp4>(nb);
+    case GgmlType::NVFP4: return stride_of<packed::Nvfp4>(nb);
+    default: return 0;
+  }
 }
 
 int64_t packed_bytes(GgmlType t, int64_t rows, int64_t cols) {
@@ -96,24 +186,32 @@ int64_t packed_bytes(GgmlType t, int64_t rows, int64_t cols) {
 }
 
 void pack_groups(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
-  if (w.type == GgmlType::Q4_0)
-    pack_type<BlockQ4_0, 4, 0>(w, dst, g0, g1);
-  else
-    pack_type<BlockQ8_0, 8, 0x80>(w, dst, g0, g1);
+  switch (w.type) {
+    case GgmlType::Q4_0: pack_type<packed::Q4_0>(w, dst, g0, g1); break;
+    case GgmlType::Q5_0: pack_type<packed::Q5_0>(w, dst, g0, g1); break;
+    case GgmlType::Q8_0: pack_type<packed::Q8_0>(w, dst, g0, g1); break;
+    case GgmlType::MXFP4: pack_type<packed::Mxfp4>(w, dst, g0, g1); break;
+    case GgmlType::NVFP4: pack_type<packed::Nvfp4>(w, dst, g0, g1); break;
+    default: break;
+  }
 }
 
 void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum) {
-  const auto* blk = reinterpret_cast<const BlockQ8_0*>(q8_row);
+  const auto* blk = reinterpret_cast<const quant::BlockQ8_0*>(q8_row);
   for (int64_t b = 0; b < nb; ++b) {
     d[b] = fp16_to_f32(blk[b].d);
-    int32_t s = 0;
-    for (int j = 0; j < quant::kQK; ++j) s += blk[b].qs[j];
-    sum[b] = s;
+    for (int h = 0; h < 2; ++h) {
+      int32_t s = 0;
+      for (int j = 16 * h; j < 16 * h + 16; ++j) s += blk[b].qs[j];
+      sum[2 * b + h] = s;
+    }
   }
 }
 
 const PackedGemmOps& packed_gemm_ops_scalar() {
-  static const PackedGemmOps ops{&gemm_scalar<true>, &gemm_scalar<false>};
+  static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q5_0>,
+                                 &gemm_scalar<packed::Q8_0>, &gemm_scalar<packed::Mxfp4>,
+                                 &gemm_scalar<packed::Nvfp4>};
   return ops;
 }
 
@@ -130,12 +228,12 @@ const PackedGemmOps& packed_gemm_ops() {
 
 PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, GgmlType t) {
   switch (t) {
-    case GgmlType::Q4_0:
-      return ops.q4_0;
-    case GgmlType::Q8_0:
-      return ops.q8_0;
-    default:
-      return nullptr;
+    case GgmlType::Q4_0: return ops.q4_0;
+    case GgmlType::Q5_0: return ops.q5_0;
+    case GgmlType::Q8_0: return ops.q8_0;
+    case GgmlType::MXFP4: return ops.mxfp4;
+    case GgmlType::NVFP4: return ops.nvfp4;
+    default: return nullptr;
   }
 }
 
@@ -153,7 +251,9 @@ bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }
 
 void PackedWeights::pack(WeightView& w, ThreadPool& pool) {
-  if (!repack_enabled() || !can_pack(w.type) || w.packed || w.cols % quant::kQK != 0) return;
+  if (!repack_enabled() || !can_pack(w.type) || w.packed) return;
+  const int64_t per_block = w.type == GgmlType::NVFP4 ? quant::kQKNvfp4 : quant::kQK;
+  if (w.cols % per_block != 0) return;
   const int64_t bytes = packed_bytes(w.type, w.rows, w.cols);
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64)));
   if (!p) return;  // keep the unpacked path

@@ -1,10 +1,10 @@
 // Packed products (repack.h) with AVX2: the 16-row group as two halves of 8 rows, one ymm lane
-// per row. vpmaddubsw + vpmaddwd form the exact integer block sums:
-//   Q4_0: unsigned nibbles times signed activations; the eight int16 partial sums of a lane
-//         stay below 8 * 2 * 15 * 127 = 30480, so they are added as int16 before one vpmaddwd,
-//         and the start value -8 * sum(activation bytes) removes the nibble offset.
-//   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could
-//         saturate vpmaddubsw), one vpmaddwd per 4 columns.
+// per row. vpmaddubsw + vpmaddwd form the exact integer sums:
+//   types with an offset (unsigned u <= 31 times signed activations): four steps of int16 pair
+//   sums stay below 4 * 2 * 31 * 127 = 31496, so they are added as int16 and widened once per
+//   16 columns; the start value -offset * (sum of the activation bytes) removes the offset;
+//   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could saturate
+//   vpmaddubsw), widened per step.
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernels/cpu/repack.h"
+#include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
 
 namespace fennec::kernels {
@@ -25,11 +26,45 @@ inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-// Outputs of rows row0 + 8h .. +7 (half h of the group) for tokens t0 .. t0+T-1.
-template <bool kQ4, int T>
-void half_tile(const PackedGemmArgs& a, const uint8_t* qs, const uint16_t* d, int h, int64_t t0,
-               float* out /* [T][8] */) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
+// The eight steps of half h (rows 8h..8h+7) of one packed block.
+template <class L>
+inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
+  q += 32 * h;
+  if constexpr (L::kChunks == 8) {
+    const __m256i x80 = _mm256_set1_epi8(static_cast<char>(0x80));  // back to signed
+    for (int j = 0; j < 8; ++j)
+      w[j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j)), x80);
+  } else {
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j));
+      w[j] = _mm256_and_si256(c, m);
+      w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
+    }
+    if constexpr (L::kLut) {
+      const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
+      for (int j = 0; j < 8; ++j) w[j] = _mm256_shuffle_epi8(lut, w[j]);
+    }
+    if constexpr (L::kQh) {
+      // Step j: bit 4j+k of the row's qh word (byte j/2, bit 4(j%2)+k) -> 0x10 in byte k.
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * L::kChunks));
+      const __m256i x10 = _mm256_set1_epi8(0x10);
+      const __m256i lanes = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,  //
+                                             0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+      for (int j = 0; j < 8; ++j) {
+        const int sh = 4 * (j % 2);
+        const __m256i bits = _mm256_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
+        const __m256i bytes = _mm256_shuffle_epi8(qh, _mm256_add_epi8(lanes, _mm256_set1_epi8(static_cast<char>(j / 2))));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bits), bits);
+        w[j] = _mm256_or_si256(w[j], _mm256_and_si256(set, x10));
+      }
+    }
+  }
+}
+
+// Outputs of rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8].
+template <class L, int T>
+void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int h, int64_t t0, float* out) {
   __m256 acc[T];
   const BlockQ8_0* act[T];
   for (int t = 0; t < T; ++t) {
@@ -37,75 +72,80 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* qs, const uint16_t* d, in
     act[t] = reinterpret_cast<const BlockQ8_0*>(a.act + (t0 + t) * a.act_stride);
   }
   const float* ad = a.act_d + t0 * a.nb;
-  const int32_t* as = a.act_sum + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < a.nb; ++b) {
-    const uint8_t* q = qs + b * kChunks * 64 + 32 * h;
     __m256i w[8];
-    if constexpr (kQ4) {
-      const __m256i m = _mm256_set1_epi8(0x0F);
-      for (int j = 0; j < 4; ++j) {
-        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j));
-        w[j] = _mm256_and_si256(c, m);
-        w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
-      }
-    } else {
-      const __m256i x80 = _mm256_set1_epi8(static_cast<char>(0x80));
-      for (int j = 0; j < 8; ++j)
-        w[j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j)), x80);
+    unpack<L>(grp + b * packed::block_bytes<L>(), h, w);
+    __m256 dw[L::kScales];
+    for (int s = 0; s < L::kScales; ++s) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + (b * L::kScales + s) * kPackRows + 8 * h));
+      if constexpr (L::kBf16Scale)
+        dw[s] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+      else
+        dw[s] = _mm256_cvtph_ps(raw);
     }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * kPackRows + 8 * h)));
     for (int t = 0; t < T; ++t) {
       const int8_t* y = act[t][b].qs;
-      __m256i s;
-      if constexpr (kQ4) {
-        __m256i s16 = _mm256_maddubs_epi16(w[0], bcast4(y));
-        for (int j = 1; j < 8; ++j) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[j], bcast4(y + 4 * j)));
-        s = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-8 * as[t * a.nb + b]));
-      } else {
-        s = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-          const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w[j], w[j]), _mm256_sign_epi8(bcast4(y + 4 * j), w[j]));
-          s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+      const int32_t* sum = as + 2 * (t * a.nb + b);
+      const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
+      __m256i half_sums[2];
+      for (int hh = 0; hh < 2; ++hh) {
+        if constexpr (L::kChunks == 8) {
+          __m256i s = _mm256_setzero_si256();
+          for (int j = 4 * hh; j < 4 * hh + 4; ++j) {
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w[j], w[j]), _mm256_sign_epi8(bcast4(y + 4 * j), w[j]));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+          }
+          half_sums[hh] = s;
+        } else {
+          __m256i s16 = _mm256_maddubs_epi16(w[4 * hh], bcast4(y + 16 * hh));
+          for (int j = 4 * hh + 1; j < 4 * hh + 4; ++j) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[j], bcast4(y + 4 * j)));
+          half_sums[hh] = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-L::kOffset * sum[hh]));
         }
       }
-      const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(ad[t * a.nb + b]));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), dd, acc[t]);
+      if constexpr (L::kScales == 1) {
+        const __m256i s = _mm256_add_epi32(half_sums[0], half_sums[1]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], da), acc[t]);
+      } else {
+        for (int hh = 0; hh < 2; ++hh)
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_sums[hh]), _mm256_mul_ps(dw[hh], da), acc[t]);
+      }
     }
   }
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
-template <bool kQ4, int T>
-void tile(const PackedGemmArgs& a, const uint8_t* qs, const uint16_t* d, int64_t t0, int64_t row0, int64_t nr) {
+template <class L, int T>
+void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0, int64_t nr) {
   alignas(32) float out[2][T][8];
-  half_tile<kQ4, T>(a, qs, d, 0, t0, &out[0][0][0]);
-  if (nr > 8) half_tile<kQ4, T>(a, qs, d, 1, t0, &out[1][0][0]);
+  half_tile<L, T>(a, grp, sc, 0, t0, &out[0][0][0]);
+  if (nr > 8) half_tile<L, T>(a, grp, sc, 1, t0, &out[1][0][0]);
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
   }
 }
 
-template <bool kQ4>
+template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
-  const int64_t gbytes = packed_group_stride(kChunks, a.nb);
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* qs = a.w + g * gbytes;
-    const auto* d = reinterpret_cast<const uint16_t*>(qs + a.nb * kChunks * 64);
+    const uint8_t* grp = a.w + g * gbytes;
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) tile<kQ4, 2>(a, qs, d, t, row0, nr);
-    if (t < a.n_tokens) tile<kQ4, 1>(a, qs, d, t, row0, nr);
+    for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, sc, t, row0, nr);
+    if (t < a.n_tokens) tile<L, 1>(a, grp, sc, t, row0, nr);
   }
 }
 
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx2() {
-  static const PackedGemmOps ops{&gemm<true>, &gemm<false>};
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>, &gemm<packed::Q5_0>, &gemm<packed::Q8_0>,
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>};
   return ops;
 }
 

@@ -1,9 +1,11 @@
 // Packed products (repack.h) with AVX-512 VNNI: one zmm lane per output row of a 16-row group.
-// Per block: the 16 rows' quants are 4 (Q4_0) or 8 (Q8_0) 64-byte vectors, unpacked once per
-// block and tile of T tokens; each token then takes 8 vpdpbusd with its activation bytes
-// broadcast, one convert, one multiply of the row scales by its scale and one fma. The integer
-// start value -offset * sum(activation bytes) turns the unsigned quants (Q4_0's nibble x + 8,
-// Q8_0's x + 128) into the signed products exactly.
+// Per block, the 16 rows' quants are unpacked once per tile of T tokens into the eight step
+// vectors of repack_layout.h (nibble masks, Q5_0's 5th bits through a byte shuffle and a bit
+// test, the FP4 codes through a 16-byte table); each token then takes 8 vpdpbusd with its
+// activation bytes broadcast, a convert, a multiply of the row scales by its scale and an fma
+// (twice each for NVFP4's two scales). The integer start value -offset * (sum of the activation
+// bytes) turns the unsigned u into the signed products exactly.
+//
 // GCC 12 reports its own _mm512 intrinsics' undefined start values as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -12,6 +14,7 @@
 #include <cstring>
 
 #include "kernels/cpu/repack.h"
+#include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
 
 namespace fennec::kernels {
@@ -25,11 +28,49 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-template <bool kQ4, int T>
-void tile(const PackedGemmArgs& a, const uint8_t* qs, const uint16_t* d, int64_t t0, int64_t row0,
+// The eight steps of one packed block.
+template <class L>
+inline void unpack(const uint8_t* q, __m512i w[8]) {
+  if constexpr (L::kChunks == 8) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) w[j] = _mm512_load_si512(q + 64 * j);
+  } else {
+    const __m512i m = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i c = _mm512_load_si512(q + 64 * j);
+      w[j] = _mm512_and_si512(c, m);
+      w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(c, 4), m);
+    }
+    if constexpr (L::kLut) {
+      const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) w[j] = _mm512_shuffle_epi8(lut, w[j]);
+    }
+    if constexpr (L::kQh) {
+      // Step j needs bit 4j+k of each row's qh word in byte k of its lane: byte j/2 of the
+      // word, bit 4(j%2)+k.
+      const __m512i qh = _mm512_load_si512(q + 64 * L::kChunks);
+      const __m512i x10 = _mm512_set1_epi8(0x10);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m512i pick = _mm512_add_epi8(_mm512_set1_epi8(static_cast<char>(j / 2)),
+                                             _mm512_set_epi8(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0));
+        const int sh = 4 * (j % 2);
+        const __m512i bits = _mm512_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
+        const __mmask64 set = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, pick), bits);
+        w[j] = _mm512_mask_add_epi8(w[j], set, w[j], x10);
+      }
+    }
+  }
+}
+
+template <class L, int T>
+void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0,
           __mmask16 mask) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
-  constexpr int32_t kOffset = kQ4 ? 8 : 128;
   __m512 acc[T];
   const BlockQ8_0* act[T];
 #pragma GCC unroll 8
@@ -38,58 +79,64 @@ void tile(const PackedGemmArgs& a, const uint8_t* qs, const uint16_t* d, int64_t
     act[t] = reinterpret_cast<const BlockQ8_0*>(a.act + (t0 + t) * a.act_stride);
   }
   const float* ad = a.act_d + t0 * a.nb;
-  const int32_t* as = a.act_sum + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   for (int64_t b = 0; b < a.nb; ++b) {
     __m512i w[8];
-    const uint8_t* q = qs + b * kChunks * 64;
-    if constexpr (kQ4) {
-      const __m512i m = _mm512_set1_epi8(0x0F);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const __m512i c = _mm512_load_si512(q + 64 * j);
-        w[j] = _mm512_and_si512(c, m);
-        w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(c, 4), m);
-      }
-    } else {
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) w[j] = _mm512_load_si512(q + 64 * j);
+    unpack<L>(grp + b * packed::block_bytes<L>(), w);
+    __m512 dw[L::kScales];
+#pragma GCC unroll 2
+    for (int s = 0; s < L::kScales; ++s) {
+      const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + (b * L::kScales + s) * kPackRows));
+      if constexpr (L::kBf16Scale)
+        dw[s] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+      else
+        dw[s] = _mm512_cvtph_ps(raw);
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d + b * kPackRows)));
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      __m512i s = _mm512_set1_epi32(-kOffset * as[t * a.nb + b]);
       const int8_t* y = act[t][b].qs;
+      const int32_t* sum = as + 2 * (t * a.nb + b);
+      const __m512 da = _mm512_set1_ps(ad[t * a.nb + b]);
+      if constexpr (L::kScales == 1) {
+        __m512i s = _mm512_set1_epi32(-L::kOffset * (sum[0] + sum[1]));
 #pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
-      const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(ad[t * a.nb + b]));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), dd, acc[t]);
+        for (int j = 0; j < 8; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[0], da), acc[t]);
+      } else {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+          __m512i s = _mm512_set1_epi32(-L::kOffset * sum[h]);
+#pragma GCC unroll 4
+          for (int j = 4 * h; j < 4 * h + 4; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[h], da), acc[t]);
+        }
+      }
     }
   }
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
-template <bool kQ4>
+template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  constexpr int kChunks = kQ4 ? 4 : 8;
   constexpr int kT = 8;
-  const int64_t gbytes = packed_group_stride(kChunks, a.nb);
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* qs = a.w + g * gbytes;
-    const auto* d = reinterpret_cast<const uint16_t*>(qs + a.nb * kChunks * 64);
+    const uint8_t* grp = a.w + g * gbytes;
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) tile<kQ4, kT>(a, qs, d, t, row0, mask);
+    for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, sc, t, row0, mask);
     switch (a.n_tokens - t) {
-      case 7: tile<kQ4, 7>(a, qs, d, t, row0, mask); break;
-      case 6: tile<kQ4, 6>(a, qs, d, t, row0, mask); break;
-      case 5: tile<kQ4, 5>(a, qs, d, t, row0, mask); break;
-      case 4: tile<kQ4, 4>(a, qs, d, t, row0, mask); break;
-      case 3: tile<kQ4, 3>(a, qs, d, t, row0, mask); break;
-      case 2: tile<kQ4, 2>(a, qs, d, t, row0, mask); break;
-      case 1: tile<kQ4, 1>(a, qs, d, t, row0, mask); break;
+      case 7: tile<L, 7>(a, grp, sc, t, row0, mask); break;
+      case 6: tile<L, 6>(a, grp, sc, t, row0, mask); break;
+      case 5: tile<L, 5>(a, grp, sc, t, row0, mask); break;
+      case 4: tile<L, 4>(a, grp, sc, t, row0, mask); break;
+      case 3: tile<L, 3>(a, grp, sc, t, row0, mask); break;
+      case 2: tile<L, 2>(a, grp, sc, t, row0, mask); break;
+      case 1: tile<L, 1>(a, grp, sc, t, row0, mask); break;
       default: break;
     }
   }
@@ -98,7 +145,8 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx512() {
-  static const PackedGemmOps ops{&gemm<true>, &gemm<false>};
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>, &gemm<packed::Q5_0>, &gemm<packed::Q8_0>,
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>};
   return ops;
 }
 

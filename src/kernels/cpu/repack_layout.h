@@ -1,0 +1,65 @@
+// The packed layout of each type (repack.h), shared by the packer and the per-ISA kernels.
+//
+// Every packed block covers 32 columns (one Q8_0 activation block) of 16 rows. Its quants form
+// eight "steps": step j holds, in int32 lane r, 4 unsigned bytes u for columns 4j..4j+3 of row r,
+// and the signed weight is x = u - kOffset, or, for the FP4 types, x = kE2M1Doubled[u]
+// (through a 16-byte table, u being the E2M1 code). Stored as:
+//   kChunks == 8: eight 64-byte vectors, step j = vector j (Q8_0, u = x + 128);
+//   kChunks == 4: four 64-byte vectors of nibbles, step j = low nibbles of vector j, step j + 4 =
+//                 high nibbles of vector j (so byte 4r+k of vector j holds columns 4j+k and
+//                 16+4j+k, as a ggml Q4_0 block holds columns i and i+16 in byte i);
+//   kQh: then one 64-byte vector of 5th bits, dword r = the row's 32 qh bits (bit c = column c).
+// After the nb blocks of a group come its scales, nb x kScales x 16 values ([b][s][r]): fp16, or
+// bf16 for MXFP4 (its power-of-two scales do not fit fp16). kScales == 2: columns 0..15 and
+// 16..31 of the block have their own scale (NVFP4's 16-column sub-blocks). The group is padded
+// to 64 bytes.
+#pragma once
+
+#include <cstdint>
+
+#include "core/float_convert.h"
+#include "kernels/cpu/repack.h"
+
+namespace fennec::kernels::packed {
+
+struct Q4_0 {
+  static constexpr int kChunks = 4, kScales = 1, kOffset = 8;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false;
+};
+struct Q5_0 {
+  static constexpr int kChunks = 4, kScales = 1, kOffset = 16;
+  static constexpr bool kQh = true, kLut = false, kBf16Scale = false;
+};
+struct Q8_0 {
+  static constexpr int kChunks = 8, kScales = 1, kOffset = 128;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false;
+};
+struct Mxfp4 {
+  static constexpr int kChunks = 4, kScales = 1, kOffset = 12;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = true;
+};
+struct Nvfp4 {
+  static constexpr int kChunks = 4, kScales = 2, kOffset = 12;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = false;
+};
+
+// u for each E2M1 code: ggml's doubled values (kE2M1Doubled) + 12, so unsigned.
+inline constexpr uint8_t kE2M1Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+template <class L>
+constexpr int64_t block_bytes() {
+  return L::kChunks * 64 + (L::kQh ? 64 : 0);
+}
+template <class L>
+constexpr int64_t group_stride(int64_t nb) {
+  return (nb * (block_bytes<L>() + L::kScales * kPackRows * 2) + 63) / 64 * 64;
+}
+template <class L>
+inline float scale_value(uint16_t s) {
+  if constexpr (L::kBf16Scale)
+    return bf16_to_f32(s);
+  else
+    return fp16_to_f32(s);
+}
+
+}  // namespace fennec::kernels::packed
