@@ -2,9 +2,7 @@
 
 #include <cmath>
 #include <cstring>
-
-#include <cmath>
-#include <cstring>
+#include <functional>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/vec.h"
@@ -193,6 +191,13 @@ engine::KvCacheShape Model::kv_shape(int block_size) const {
 
 namespace {
 
+// Tells an observer (if any) about a layer's matmul input; the name is built only then.
+void observe(MatmulObserver* observer, int layer, const char* tensor, const WeightView& w,
+             const float* x, int64_t n_tokens) {
+  if (observer)
+    observer->on_matmul(w, "blk." + std::to_string(layer) + "." + tensor, x, n_tokens);
+}
+
 void add_bias(float* y, const float* b, int64_t n_tokens, int64_t dim) {
   if (!b) return;
   for (int64_t t = 0; t < n_tokens; ++t) kernels::add(y + t * dim, b, y + t * dim, dim);
@@ -200,8 +205,21 @@ void add_bias(float* y, const float* b, int64_t n_tokens, int64_t dim) {
 
 }  // namespace
 
+namespace {
+
+// Runs fn(t0, t1) over ranges of the step's tokens on the pool, or inline when there are too few
+// tokens to repay a dispatch. Element-wise and per-token ops give the same bits either way.
+void for_tokens(ThreadPool& pool, int64_t n_tokens, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n_tokens < 8 || pool.size() < 2)
+    fn(0, n_tokens);
+  else
+    pool.parallel_for(n_tokens, fn);
+}
+
+}  // namespace
+
 Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
-                      std::vector<float>& logits) const {
+                      std::vector<float>& logits, MatmulObserver* observer) const {
   const HParams& hp = hp_;
   const int64_t T = static_cast<int64_t>(batch.tokens.size());
   if (T == 0) return make_error("forward: empty batch");
@@ -254,24 +272,33 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
   for (int il = 0; il < hp.n_layers; ++il) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(il)];
     const bool swa = hp.layer_is_swa[static_cast<size_t>(il)];
-    kernels::rms_norm(x.data(), L.attn_norm, T, E, hp.norm_eps, h.data());
+    for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
+      kernels::rms_norm(x.data() + t0 * E, L.attn_norm, t1 - t0, E, hp.norm_eps, h.data() + t0 * E);
+    });
     const kernels::MatmulJob qkv[] = {{&L.wq, q.data()}, {&L.wk, k.data()}, {&L.wv, v.data()}};
+    observe(observer, il, "attn_q.weight", L.wq, h.data(), T);
+    observe(observer, il, "attn_k.weight", L.wk, h.data(), T);
+    observe(observer, il, "attn_v.weight", L.wv, h.data(), T);
     kernels::matmul_group(qkv, h.data(), T, pool);
-    add_bias(q.data(), L.bq, T, q_dim);
-    add_bias(k.data(), L.bk, T, k_dim);
-    add_bias(v.data(), L.bv, T, v_dim);
-    if (L.q_norm) kernels::rms_norm(q.data(), L.q_norm, T * hp.n_heads, hp.head_dim_k, hp.norm_eps, q.data());
-    if (L.k_norm) kernels::rms_norm(k.data(), L.k_norm, T * hp.n_kv_heads, hp.head_dim_k, hp.norm_eps, k.data());
-
     kernels::RopeParams rp;
     rp.style = hp.rope_style;
     rp.n_dims = hp.rope_dims;
     rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
     rp.freq_scale = swa ? 1.0f : hp.rope_freq_scale;
     rp.freq_factors = swa ? nullptr : w_.rope_freqs;
-    kernels::rope(q.data(), T, q_dim, hp.n_heads, hp.head_dim_k, positions.data(), rp);
-    kernels::rope(k.data(), T, k_dim, hp.n_kv_heads, hp.head_dim_k, positions.data(), rp);
-    if (hp.scale_q_first) kernels::scale(q.data(), attn_scale, T * q_dim);
+    for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
+      float* qt = q.data() + t0 * q_dim;
+      float* kt = k.data() + t0 * k_dim;
+      const int64_t n = t1 - t0;
+      add_bias(qt, L.bq, n, q_dim);
+      add_bias(kt, L.bk, n, k_dim);
+      add_bias(v.data() + t0 * v_dim, L.bv, n, v_dim);
+      if (L.q_norm) kernels::rms_norm(qt, L.q_norm, n * hp.n_heads, hp.head_dim_k, hp.norm_eps, qt);
+      if (L.k_norm) kernels::rms_norm(kt, L.k_norm, n * hp.n_kv_heads, hp.head_dim_k, hp.norm_eps, kt);
+      kernels::rope(qt, n, q_dim, hp.n_heads, hp.head_dim_k, positions.data() + t0, rp);
+      kernels::rope(kt, n, k_dim, hp.n_kv_heads, hp.head_dim_k, positions.data() + t0, rp);
+      if (hp.scale_q_first) kernels::scale(qt, attn_scale, n * q_dim);
+    });
 
     // Store this step's K and V (fp16) in the sequences' blocks.
     uint16_t* kc = kv.k_layer(il);
@@ -300,21 +327,37 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     kernels::paged_attention(q.data(), q_dim, aseq.data(), static_cast<int>(aseq.size()), kc, vc, ap,
                              attn.data(), o_dim, pool);
 
+    observe(observer, il, "attn_output.weight", L.wo, attn.data(), T);
     kernels::matmul(L.wo, attn.data(), T, h.data(), pool);
-    add_bias(h.data(), L.bo, T, E);
-    if (L.post_attn_norm) kernels::rms_norm(h.data(), L.post_attn_norm, T, E, hp.norm_eps, h.data());
-    kernels::add(x.data(), h.data(), x.data(), T * E);
-
-    kernels::rms_norm(x.data(), L.ffn_norm, T, E, hp.norm_eps, h.data());
+    for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
+      float* ht = h.data() + t0 * E;
+      float* xt = x.data() + t0 * E;
+      const int64_t n = t1 - t0;
+      add_bias(ht, L.bo, n, E);
+      if (L.post_attn_norm) kernels::rms_norm(ht, L.post_attn_norm, n, E, hp.norm_eps, ht);
+      kernels::add(xt, ht, xt, n * E);
+      kernels::rms_norm(xt, L.ffn_norm, n, E, hp.norm_eps, ht);
+    });
     const kernels::MatmulJob gate_up[] = {{&L.w_gate, gate.data()}, {&L.w_up, up.data()}};
+    observe(observer, il, "ffn_gate.weight", L.w_gate, h.data(), T);
+    observe(observer, il, "ffn_up.weight", L.w_up, h.data(), T);
     kernels::matmul_group(gate_up, h.data(), T, pool);
-    if (hp.act == Activation::kGeluTanh)
-      kernels::gelu_mul(gate.data(), up.data(), gate.data(), T * hp.n_ff);
-    else
-      kernels::silu_mul(gate.data(), up.data(), gate.data(), T * hp.n_ff);
+    for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
+      float* gt = gate.data() + t0 * hp.n_ff;
+      const float* ut = up.data() + t0 * hp.n_ff;
+      if (hp.act == Activation::kGeluTanh)
+        kernels::gelu_mul(gt, ut, gt, (t1 - t0) * hp.n_ff);
+      else
+        kernels::silu_mul(gt, ut, gt, (t1 - t0) * hp.n_ff);
+    });
+    observe(observer, il, "ffn_down.weight", L.w_down, gate.data(), T);
     kernels::matmul(L.w_down, gate.data(), T, h.data(), pool);
-    if (L.post_ffn_norm) kernels::rms_norm(h.data(), L.post_ffn_norm, T, E, hp.norm_eps, h.data());
-    kernels::add(x.data(), h.data(), x.data(), T * E);
+    for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
+      float* ht = h.data() + t0 * E;
+      float* xt = x.data() + t0 * E;
+      if (L.post_ffn_norm) kernels::rms_norm(ht, L.post_ffn_norm, t1 - t0, E, hp.norm_eps, ht);
+      kernels::add(xt, ht, xt, (t1 - t0) * E);
+    });
   }
 
   // Rows that produce logits.
@@ -333,6 +376,10 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     }
   }
   kernels::rms_norm(xo.data(), w_.output_norm, n_out, E, hp.norm_eps, xo.data());
+  if (observer)
+    observer->on_matmul(w_.output,
+                        gguf_->find_tensor("output.weight") ? "output.weight" : "token_embd.weight",
+                        xo.data(), n_out);
   kernels::matmul(w_.output, xo.data(), n_out, logits.data(), pool);
   if (hp.final_softcap > 0) kernels::softcap(logits.data(), hp.final_softcap, n_out * hp.n_vocab);
   return {};

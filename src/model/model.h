@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/expected.h"
@@ -44,6 +45,17 @@ struct Batch {
   }
 };
 
+// Sees the input of every weight matmul of forward() (importance matrices: `fennec imatrix`).
+// `name` is the weight's GGUF tensor name ("blk.0.attn_q.weight"; "token_embd.weight" for a tied
+// output); x is [n_tokens][w.cols]. Called on the forward thread, before the matmul. forward()
+// without an observer pays nothing for it.
+class MatmulObserver {
+ public:
+  virtual ~MatmulObserver() = default;
+  virtual void on_matmul(const kernels::WeightView& w, std::string_view name, const float* x,
+                         int64_t n_tokens) = 0;
+};
+
 struct LayerWeights {
   const float* attn_norm = nullptr;
   kernels::WeightView wq, wk, wv, wo;
@@ -78,8 +90,9 @@ class Model {
   engine::KvCacheShape kv_shape(int block_size = 16) const;
 
   // Runs the batch; writes batch.n_outputs() rows of n_vocab logits, in sequence order.
+  // An observer, when given, sees every matmul input (see MatmulObserver).
   Status forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
-                 std::vector<float>& logits) const;
+                 std::vector<float>& logits, MatmulObserver* observer = nullptr) const;
 
   Model(std::shared_ptr<const formats::GgufFile> gguf, HParams hp, Weights w)
       : gguf_(std::move(gguf)), hp_(std::move(hp)), w_(std::move(w)) {}

@@ -27,6 +27,8 @@ Status quantize_row_q8_0(const float* src, void* dst, int64_t n);
 
 // Per-type loops over nb whole blocks, without checks, for callers that already know the type.
 namespace ref {
+// The 8 six-bit scales and mins packed in a Q4_K/Q5_K block's 12 scale bytes.
+void unpack_scale_min_k4(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]);
 void dequantize_f16(const uint16_t* x, float* y, int64_t n);
 void dequantize_bf16(const uint16_t* x, float* y, int64_t n);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t nb);

@@ -6,8 +6,6 @@
 
 namespace fennec::quant::ref {
 
-namespace {
-
 // The 6-bit scales and mins of Q4_K/Q5_K: sub-block j < 4 keeps them in the low 6 bits of
 // bytes j and j+4; j >= 4 has 4 low bits in byte j+4 and 2 high bits on top of bytes j-4, j.
 void unpack_scale_min_k4(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
@@ -18,6 +16,8 @@ void unpack_scale_min_k4(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
     mn[j + 4] = static_cast<uint8_t>((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
   }
 }
+
+namespace {
 
 // The 16 signed 6-bit scales of Q3_K: low 4 bits are the nibbles of bytes 0..7 (low nibbles
 // first), the high 2 bits come from bytes 8..11, two bits per scale, minus 32.

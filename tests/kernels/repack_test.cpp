@@ -24,13 +24,14 @@ namespace {
 
 using formats::GgmlType;
 
-int64_t block_cols(GgmlType t) { return t == GgmlType::NVFP4 ? 64 : 32; }
+int64_t block_cols(GgmlType t) { return t == GgmlType::NVFP4 ? 64 : t == GgmlType::Q4_K ? 256 : 32; }
 int64_t block_size(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return 18;
     case GgmlType::Q5_0: return 22;
     case GgmlType::Q8_0: return 34;
     case GgmlType::MXFP4: return 17;
+    case GgmlType::Q4_K: return 144;
     default: return 36;  // NVFP4
   }
 }
@@ -49,6 +50,11 @@ std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, uint32_
       m[o] = static_cast<uint8_t>(118 + rng() % 12);  // 2^-10 .. 2^1
     } else if (t == GgmlType::NVFP4) {
       for (int s = 0; s < 4; ++s) m[o + s] = static_cast<uint8_t>(rng() % 0x7f);  // incl. 0 and subnormals
+    } else if (t == GgmlType::Q4_K) {
+      for (int k = 0; k < 2; ++k) {
+        const uint16_t h = f32_to_fp16(u(rng) / 16);
+        std::memcpy(m.data() + o + 2 * k, &h, 2);
+      }
     } else {
       const uint16_t h = f32_to_fp16(u(rng));
       std::memcpy(m.data() + o, &h, 2);
@@ -133,6 +139,7 @@ class RepackKernelTest : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
   const GgmlType t = GetParam();
+  if (t == GgmlType::Q4_K) GTEST_SKIP() << "Q8_K activations: RepackQ4KKernelTest";
   std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
   if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
   if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
@@ -214,9 +221,88 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   }
 }
 
+// Q4_K: every path against the contract of repack_layout.h, computed from ggml's block layout
+// (whose decoding is checked against the reference dequantizer), with Q8_K activations.
+TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
+  std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
+  if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
+  if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_real_distribution<float> u(0.0005f, 0.005f);
+  for (int64_t rows : {16, 40}) {
+    for (int64_t cols : {256, 768}) {
+      const int64_t nsb = cols / 256, rb = nsb * static_cast<int64_t>(sizeof(quant::BlockQ4K));
+      std::vector<uint8_t> m(static_cast<size_t>(rows * rb));
+      for (auto& b : m) b = static_cast<uint8_t>(rng());
+      for (int64_t o = 0; o < static_cast<int64_t>(m.size()); o += static_cast<int64_t>(sizeof(quant::BlockQ4K))) {
+        const uint16_t d = f32_to_fp16(u(rng)), dmin = f32_to_fp16(u(rng));
+        std::memcpy(m.data() + o, &d, 2);
+        std::memcpy(m.data() + o + 2, &dmin, 2);
+      }
+      // Independent decode: x = d * sc * q - dmin * mn, against the reference dequantizer.
+      std::vector<float> deq(static_cast<size_t>(cols));
+      ASSERT_TRUE(quant::dequantize_row(GgmlType::Q4_K, m.data(), deq.data(), cols).has_value());
+      for (int64_t sb = 0; sb < nsb; ++sb) {
+        const auto& x = reinterpret_cast<const quant::BlockQ4K*>(m.data())[sb];
+        uint8_t sc[8], mn[8];
+        quant::ref::unpack_scale_min_k4(x.scales, sc, mn);
+        for (int c = 0; c < 256; ++c) {
+          const int j = c / 32;
+          const int q = (x.qs[32 * (j / 2) + c % 32] >> (4 * (j % 2))) & 0x0F;
+          const float want = fp16_to_f32(x.d) * sc[j] * q - fp16_to_f32(x.dmin) * mn[j];
+          ASSERT_EQ(want, deq[static_cast<size_t>(sb * 256 + c)]) << c;
+        }
+      }
+      WeightView w{GgmlType::Q4_K, m.data(), rows, cols, rb};
+      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(GgmlType::Q4_K, rows, cols)) + 64);
+      uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+      const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+      pack_groups(w, p, 0, groups);
+      for (int64_t n_tokens : {1, 2, 3, 5, 9}) {
+        const int64_t stride = quantized_act_bytes(ActFormat::kQ8_K, cols);
+        std::vector<uint8_t> act(static_cast<size_t>(n_tokens * stride));
+        std::vector<float> xv(static_cast<size_t>(cols));
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          for (auto& v : xv) v = nd(rng);
+          quantize_act(ActFormat::kQ8_K, xv.data(), act.data() + t * stride, cols);
+        }
+        for (auto [ops, name] : paths) {
+          std::vector<float> y(static_cast<size_t>(n_tokens * rows), -1.f);
+          const PackedGemmArgs args{p, nsb, act.data(), stride, nullptr, nullptr, n_tokens, y.data(), rows, rows};
+          ops->q4_k(args, 0, groups);
+          for (int64_t t = 0; t < n_tokens; ++t) {
+            const auto* ya = reinterpret_cast<const quant::BlockQ8K*>(act.data() + t * stride);
+            for (int64_t r = 0; r < rows; ++r) {
+              const auto* x = reinterpret_cast<const quant::BlockQ4K*>(m.data() + r * rb);
+              float acc = 0.f;
+              for (int64_t sb = 0; sb < nsb; ++sb) {
+                uint8_t sc[8], mn[8];
+                quant::ref::unpack_scale_min_k4(x[sb].scales, sc, mn);
+                int32_t isum = 0, imin = 0;
+                for (int j = 0; j < 8; ++j) {
+                  int32_t dot = 0;
+                  for (int c = 0; c < 32; ++c)
+                    dot += ((x[sb].qs[32 * (j / 2) + c] >> (4 * (j % 2))) & 0x0F) * ya[sb].qs[32 * j + c];
+                  isum += sc[j] * dot;
+                  imin += mn[j] * (ya[sb].bsums[2 * j] + ya[sb].bsums[2 * j + 1]);
+                }
+                acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
+                acc = std::fma(-static_cast<float>(imin), fp16_to_f32(x[sb].dmin) * ya[sb].d, acc);
+              }
+              ASSERT_EQ(f32_to_bits(y[static_cast<size_t>(t * rows + r)]), f32_to_bits(acc))
+                  << name << " rows " << rows << " cols " << cols << " tokens " << n_tokens << " at (" << t << ", " << r << ")";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest,
                          ::testing::Values(GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::MXFP4,
-                                           GgmlType::NVFP4),
+                                           GgmlType::NVFP4, GgmlType::Q4_K),
                          [](const auto& info) { return std::string(formats::type_name(info.param)); });
 
 }  // namespace

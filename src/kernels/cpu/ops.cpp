@@ -158,7 +158,8 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     fns[i] = quant_gemm_fn(w.type, w.rows);
     if (w.packed) {
       pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
-      pargs[i] = {w.packed,      nb,         a.buf->data(), a.bytes, sd, ss,
+      const bool k = w.type == formats::GgmlType::Q4_K;  // Q8_K activations, no side data
+      pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, k ? nullptr : sd, k ? nullptr : ss,
                   n_tokens,      jobs[i].y,  args[i].ldy,   w.rows};
     }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;

@@ -11,6 +11,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
+#include "quant/dequantize.h"
 
 namespace fennec::kernels {
 
@@ -109,6 +110,66 @@ void pack_type(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   }
 }
 
+void pack_q4k(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
+  using packed::Q4K;
+  const int64_t nsb = w.cols / quant::kQKK;
+  for (int64_t g = g0; g < g1; ++g) {
+    uint8_t* grp = dst + g * packed::q4k_group_stride(nsb);
+    std::memset(grp, 0, static_cast<size_t>(packed::q4k_group_stride(nsb)));
+    for (int r = 0; r < kPackRows; ++r) {
+      const int64_t row = g * kPackRows + r;
+      if (row >= w.rows) continue;
+      const auto* x = reinterpret_cast<const quant::BlockQ4K*>(w.data + row * w.row_bytes);
+      for (int64_t sb = 0; sb < nsb; ++sb) {
+        uint8_t* blk = grp + sb * Q4K::kBytes;
+        for (int p = 0; p < 4; ++p)
+          for (int j = 0; j < 8; ++j) std::memcpy(blk + 512 * p + 64 * j + 4 * r, x[sb].qs + 32 * p + 4 * j, 4);
+        uint8_t sc[8], mn[8];
+        quant::ref::unpack_scale_min_k4(x[sb].scales, sc, mn);
+        for (int j = 0; j < 8; ++j) {
+          blk[Q4K::kScales + 16 * j + r] = sc[j];
+          blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] = mn[j];
+        }
+        std::memcpy(blk + Q4K::kD + 2 * r, &x[sb].d, 2);
+        std::memcpy(blk + Q4K::kDmin + 2 * r, &x[sb].dmin, 2);
+      }
+    }
+  }
+}
+
+void gemm_q4k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  using packed::Q4K;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
+    const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
+    for (int64_t t = 0; t < a.n_tokens; ++t) {
+      const auto* y = reinterpret_cast<const quant::BlockQ8K*>(a.act + t * a.act_stride);
+      for (int r = 0; r < nr; ++r) {
+        float acc = 0.0f;
+        for (int64_t sb = 0; sb < a.nb; ++sb) {
+          const uint8_t* blk = grp + sb * Q4K::kBytes;
+          int32_t isum = 0, imin = 0;
+          for (int j = 0; j < 8; ++j) {
+            int32_t s = 0;
+            for (int c = 0; c < 32; ++c) {
+              const uint8_t byte = blk[512 * (j / 2) + 64 * (c / 4) + 4 * r + c % 4];
+              s += ((j % 2) ? byte >> 4 : byte & 0x0F) * y[sb].qs[32 * j + c];
+            }
+            isum += blk[Q4K::kScales + 16 * j + r] * s;
+            imin += blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] * (y[sb].bsums[2 * j] + y[sb].bsums[2 * j + 1]);
+          }
+          uint16_t d, dmin;
+          std::memcpy(&d, blk + Q4K::kD + 2 * r, 2);
+          std::memcpy(&dmin, blk + Q4K::kDmin + 2 * r, 2);
+          acc = std::fma(static_cast<float>(isum), fp16_to_f32(d) * y[sb].d, acc);
+          acc = std::fma(-static_cast<float>(imin), fp16_to_f32(dmin) * y[sb].d, acc);
+        }
+        a.y[t * a.ldy + g * kPackRows + r] = acc;
+      }
+    }
+  }
+}
+
 // The signed weight of column c of row r in packed block q (which starts at the block).
 template <class L>
 int32_t weight(const uint8_t* q, int r, int c) {
@@ -166,7 +227,7 @@ int64_t stride_of(int64_t nb) {
 
 bool can_pack(GgmlType t) {
   return t == GgmlType::Q4_0 || t == GgmlType::Q5_0 || t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ||
-         t == GgmlType::NVFP4;
+         t == GgmlType::NVFP4 || t == GgmlType::Q4_K;
 }
 
 int64_t packed_group_bytes(GgmlType t, int64_t cols) {
@@ -177,6 +238,7 @@ int64_t packed_group_bytes(GgmlType t, int64_t cols) {
     case GgmlType::Q8_0: return stride_of<packed::Q8_0>(nb);
     case GgmlType::MXFP4: return stride_of<packed::Mxfp4>(nb);
     case GgmlType::NVFP4: return stride_of<packed::Nvfp4>(nb);
+    case GgmlType::Q4_K: return packed::q4k_group_stride(cols / quant::kQKK);
     default: return 0;
   }
 }
@@ -192,6 +254,7 @@ void pack_groups(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
     case GgmlType::Q8_0: pack_type<packed::Q8_0>(w, dst, g0, g1); break;
     case GgmlType::MXFP4: pack_type<packed::Mxfp4>(w, dst, g0, g1); break;
     case GgmlType::NVFP4: pack_type<packed::Nvfp4>(w, dst, g0, g1); break;
+    case GgmlType::Q4_K: pack_q4k(w, dst, g0, g1); break;
     default: break;
   }
 }
@@ -211,7 +274,7 @@ void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum)
 const PackedGemmOps& packed_gemm_ops_scalar() {
   static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q5_0>,
                                  &gemm_scalar<packed::Q8_0>, &gemm_scalar<packed::Mxfp4>,
-                                 &gemm_scalar<packed::Nvfp4>};
+                                 &gemm_scalar<packed::Nvfp4>, &gemm_q4k_scalar};
   return ops;
 }
 
@@ -233,6 +296,7 @@ PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, GgmlType t) {
     case GgmlType::Q8_0: return ops.q8_0;
     case GgmlType::MXFP4: return ops.mxfp4;
     case GgmlType::NVFP4: return ops.nvfp4;
+    case GgmlType::Q4_K: return ops.q4_k;
     default: return nullptr;
   }
 }
@@ -252,7 +316,7 @@ void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_rel
 
 void PackedWeights::pack(WeightView& w, ThreadPool& pool) {
   if (!repack_enabled() || !can_pack(w.type) || w.packed) return;
-  const int64_t per_block = w.type == GgmlType::NVFP4 ? quant::kQKNvfp4 : quant::kQK;
+  const int64_t per_block = w.type == GgmlType::NVFP4 ? quant::kQKNvfp4 : w.type == GgmlType::Q4_K ? quant::kQKK : quant::kQK;
   if (w.cols % per_block != 0) return;
   const int64_t bytes = packed_bytes(w.type, w.rows, w.cols);
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64)));

@@ -141,11 +141,85 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// Q4_K: sub-block j's 8 steps (nibbles <= 15: eight int16 pair sums stay below 30480), one
+// vpmaddwd to int32, vpmulld by the 6-bit scales; the mins through vpmaddwd on int16 pairs.
+template <int T>
+void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+  using packed::Q4K;
+  const quant::BlockQ8K* act[T];
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t sb = 0; sb < a.nb; ++sb) {
+    const uint8_t* blk = grp + sb * Q4K::kBytes;
+    __m256i isum[T];
+    for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      __m256i w[8];
+      for (int k = 0; k < 8; ++k) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 512 * (j / 2) + 64 * k + 32 * h));
+        w[k] = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(c, 4) : c, m4);
+      }
+      const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + Q4K::kScales + 16 * j + 8 * h)));
+      for (int t = 0; t < T; ++t) {
+        const int8_t* y = act[t][sb].qs + 32 * j;
+        __m256i s16 = _mm256_maddubs_epi16(w[0], bcast4(y));
+        for (int k = 1; k < 8; ++k) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[k], bcast4(y + 4 * k)));
+        isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(_mm256_madd_epi16(s16, ones), sc));
+      }
+    }
+    __m256i mins[4];
+    for (int p = 0; p < 4; ++p)
+      mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kMins + 32 * p + 16 * h)));
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kD + 16 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kDmin + 16 * h)));
+    for (int t = 0; t < T; ++t) {
+      const int16_t* bs = act[t][sb].bsums;
+      __m256i imin = _mm256_setzero_si256();
+      for (int p = 0; p < 4; ++p) {
+        const uint32_t lo = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
+        const uint32_t hi = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
+        imin = _mm256_add_epi32(imin, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(static_cast<int>(lo | hi << 16))));
+      }
+      const __m256 da = _mm256_set1_ps(act[t][sb].d);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[t]);
+      acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dmin, da), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+
+template <int T>
+void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
+  alignas(32) float out[2][T][8];
+  q4k_half<T>(a, grp, 0, t0, &out[0][0][0]);
+  if (nr > 8) q4k_half<T>(a, grp, 1, t0, &out[1][0][0]);
+  for (int t = 0; t < T; ++t) {
+    float* y = a.y + (t0 + t) * a.ldy + row0;
+    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
+  }
+}
+
+void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    int64_t t = 0;
+    for (; t + 2 <= a.n_tokens; t += 2) q4k_tile<2>(a, grp, t, row0, nr);
+    if (t < a.n_tokens) q4k_tile<1>(a, grp, t, row0, nr);
+  }
+}
+
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx2() {
-  static const PackedGemmOps ops{&gemm<packed::Q4_0>, &gemm<packed::Q5_0>, &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>};
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm};
   return ops;
 }
 

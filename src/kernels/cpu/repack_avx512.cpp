@@ -142,11 +142,90 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// Q4_K (repack_layout.h): per super-block, sub-block j's 8 steps are the low or high nibbles of
+// pair j/2; its exact dot is scaled by vpmulld with the rows' 6-bit scales, and the mins meet
+// the activation sums through vpmaddwd on (min 2p, min 2p+1) int16 pairs.
+template <int T>
+void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+  using packed::Q4K;
+  const quant::BlockQ8K* act[T];
+  __m512 acc[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+    acc[t] = _mm512_setzero_ps();
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  for (int64_t sb = 0; sb < a.nb; ++sb) {
+    const uint8_t* blk = grp + sb * Q4K::kBytes;
+    __m512i isum[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      __m512i w[8];
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) {
+        const __m512i c = _mm512_load_si512(blk + 512 * (j / 2) + 64 * k);
+        w[k] = _mm512_and_si512(j % 2 ? _mm512_srli_epi16(c, 4) : c, m4);
+      }
+      const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kScales + 16 * j)));
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const int8_t* y = act[t][sb].qs + 32 * j;
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast4(y));
+#pragma GCC unroll 7
+        for (int k = 1; k < 8; ++k) s = _mm512_dpbusd_epi32(s, w[k], bcast4(y + 4 * k));
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s, sc));
+      }
+    }
+    __m512i mins[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+      mins[p] = _mm512_cvtepu8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + Q4K::kMins + 32 * p)));
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + Q4K::kD)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + Q4K::kDmin)));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const int16_t* bs = act[t][sb].bsums;
+      __m512i imin = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const uint32_t lo = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
+        const uint32_t hi = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
+        imin = _mm512_add_epi32(imin, _mm512_madd_epi16(mins[p], _mm512_set1_epi32(static_cast<int>(lo | hi << 16))));
+      }
+      const __m512 da = _mm512_set1_ps(act[t][sb].d);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, da), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(dmin, da), acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+}
+
+void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  constexpr int kT = 4;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    int64_t t = 0;
+    for (; t + kT <= a.n_tokens; t += kT) q4k_tile<kT>(a, grp, t, row0, mask);
+    switch (a.n_tokens - t) {
+      case 3: q4k_tile<3>(a, grp, t, row0, mask); break;
+      case 2: q4k_tile<2>(a, grp, t, row0, mask); break;
+      case 1: q4k_tile<1>(a, grp, t, row0, mask); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx512() {
-  static const PackedGemmOps ops{&gemm<packed::Q4_0>, &gemm<packed::Q5_0>, &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>};
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm};
   return ops;
 }
 

@@ -43,6 +43,19 @@ struct Nvfp4 {
   static constexpr bool kQh = false, kLut = true, kBf16Scale = false;
 };
 
+// Q4_K, per 256-column super-block of a group (2368 bytes, a multiple of 64): the quants as
+// four pairs of sub-blocks, pair p = 8 vectors of 64 bytes whose byte 4r+k of vector j is byte
+// 32p+4j+k of the row's qs (low nibble: column 4j+k of sub-block 2p, high: of sub-block 2p+1);
+// then the 6-bit scales [8 sub-blocks][16 rows] as bytes, the mins [4 pairs][16 rows][2] as
+// bytes, and the rows' d and dmin as fp16. Per output and super-block:
+//   isum = sum_j scale_j * (exact dot of sub-block j),  imin = sum_j min_j * (activation sum of j)
+//   acc = fma(float(isum), d * d_a, acc);  acc = fma(-float(imin), dmin * d_a, acc)
+struct Q4K {
+  static constexpr int64_t kQuants = 2048, kScales = kQuants, kMins = kScales + 128, kD = kMins + 128,
+                           kDmin = kD + 32, kBytes = kDmin + 32;
+};
+inline constexpr int64_t q4k_group_stride(int64_t n_superblocks) { return n_superblocks * Q4K::kBytes; }
+
 // u for each E2M1 code: ggml's doubled values (kE2M1Doubled) + 12, so unsigned.
 inline constexpr uint8_t kE2M1Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
