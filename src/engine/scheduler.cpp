@@ -1,12 +1,15 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "engine/block_manager.h"
 #include "engine/loaded_model.h"
 #include "engine/stop_matcher.h"
+#include "metering/meter.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,6 +28,17 @@ const char* seq_finish_name(SeqFinish f) {
 
 namespace {
 
+// No NaN or Inf (exponent bits all ones) among the values.
+bool all_finite(const std::vector<float>& v) {
+  uint32_t bad = 0;
+  for (float x : v) {
+    uint32_t b;
+    std::memcpy(&b, &x, 4);
+    bad |= static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 struct Seq {
   uint64_t id = 0;
   SeqRequest req;
@@ -42,6 +56,7 @@ struct Seq {
   bool admitted_once = false;
   SeqEvent ev;  // the event being built this step
   bool done = false;
+  metering::Usage usage;  // energy and cost so far (metered runs)
 };
 
 }  // namespace
@@ -331,7 +346,25 @@ bool Scheduler::Impl::step() {
   if (!members.empty()) {
     const auto& tok = lm.tokenizer();
     const int n_vocab = lm.model().hparams().n_vocab;
+    if (opts.meter) opts.meter->begin_step();
+    const auto t_step = std::chrono::steady_clock::now();
     auto st = lm.model().forward(batch, lm.kv(), lm.pool(), logits);
+    // NaN guard: a non-finite logit is a fault (a flipped bit, a bad kernel path), never a
+    // valid output. The step is recomputed once: it rewrites the same K/V positions, so a
+    // transient fault leaves no trace; a fault that repeats ends the step's sequences with an error.
+    if (st && opts.logits_fault) opts.logits_fault(logits, 0);
+    if (st && !all_finite(logits)) {
+      st = lm.model().forward(batch, lm.kv(), lm.pool(), logits);
+      if (st && opts.logits_fault) opts.logits_fault(logits, 1);
+      const bool fixed = st && all_finite(logits);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ++(fixed ? stats.numeric_recomputed : stats.numeric_failed);
+      }
+      if (st && !fixed)
+        st = make_error("the model produced NaN/Inf logits twice for the same step (a numerical fault on this "
+                        "machine): retry the request");
+    }
     // Sampling runs in parallel over the sequences (each has its own sampler and constraint;
     // a full-vocabulary pass per sequence is the bulk of it); what follows is serial.
     struct Pick {
@@ -373,6 +406,13 @@ bool Scheduler::Impl::step() {
             pk.top = Sampler::top_logprobs(s.sampler->processed_logits().data(), n_vocab, s.req.top_logprobs);
         }
       });
+    }
+    if (opts.meter) {
+      const double busy = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
+      std::vector<metering::StepMeter::Share> shares(members.size());
+      for (size_t m = 0; m < members.size(); ++m) shares[m] = {members[m]->id, batch.seqs[m].n_tokens};
+      const auto used = opts.meter->end_step(busy, shares);
+      for (size_t m = 0; m < members.size(); ++m) members[m]->usage.add(used[m]);
     }
     int64_t n_prompt_tok = 0, n_gen_tok = 0;
     for (size_t m = 0; m < members.size(); ++m) {
@@ -443,6 +483,11 @@ bool Scheduler::Impl::step() {
     s->ev.n_prompt = s->n_prompt;
     s->ev.n_generated = s->n_generated;
     s->ev.n_cached = s->n_cached;
+    if (opts.meter) {
+      s->ev.energy_joules = s->usage.joules;
+      s->ev.cost_usd = s->usage.cost_usd;
+      s->ev.energy_source = metering::energy_source_name(s->usage.empty ? opts.meter->source() : s->usage.source);
+    }
     s->cb(s->ev);
   }
   return !members.empty() || !ended.empty();

@@ -29,6 +29,10 @@
 #include "engine/constraint.h"
 #include "engine/sampler.h"
 
+namespace fennec::metering {
+class StepMeter;
+}
+
 namespace fennec::engine {
 
 class LoadedModel;
@@ -61,6 +65,9 @@ struct SeqEvent {
   int n_prompt = 0;
   int n_generated = 0;          // sampled tokens, an ending EOS included (OpenAI usage)
   int n_cached = 0;             // prompt tokens served from the prefix cache
+  // Metered runs (SchedulerOptions::meter), in the last event: the sequence's energy and cost.
+  double energy_joules = 0, cost_usd = 0;
+  const char* energy_source = nullptr;  // "measured" / "estimated"; null: not metered
 };
 using SeqCallback = std::function<void(const SeqEvent&)>;
 
@@ -69,6 +76,10 @@ struct SchedulerOptions {
   int max_batch_tokens = 512;  // tokens per step (decodes plus prompt chunks)
   int max_waiting = 4096;      // queued sequences beyond which submit() refuses
   bool prefix_caching = true;
+  metering::StepMeter* meter = nullptr;  // energy and cost per step, split by tokens (may be null)
+  // Fault injection (tests): sees the logits of every forward pass (attempt 0, and 1 when the
+  // NaN guard recomputes the step) and may corrupt them.
+  std::function<void(std::vector<float>& logits, int attempt)> logits_fault;
 };
 
 struct SchedulerStats {
@@ -78,6 +89,9 @@ struct SchedulerStats {
   int64_t preemptions = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   int64_t steps = 0;
+  // NaN guard: steps whose logits had a NaN/Inf, fixed by recomputing the step / not fixed
+  // (their sequences end with an error). A RAS signal: see docs/ras.md.
+  int64_t numeric_recomputed = 0, numeric_failed = 0;
 };
 
 class Scheduler {

@@ -8,12 +8,14 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <string_view>
 #include <thread>
 
 #include "engine/json_constraint.h"
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
 #include "model/model.h"
+#include "ras/service.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
 #include "tokenizer/tokenizer.h"
@@ -83,6 +85,8 @@ struct RequestState {
     bool started = false;  // stream: role chunk sent
     int n_generated = 0;
     Clock::time_point t_last;
+    double joules = 0, cost = 0;          // metered runs, from the last event
+    const char* energy_source = nullptr;  // "measured" / "estimated"
   };
   std::vector<Choice> choices;
   int n_done = 0;
@@ -214,10 +218,22 @@ void ApiServer::Impl::handle(const HttpRequest& req, std::shared_ptr<Response> r
   }
   if (p == "/v1/health/ready" || p == "/health/ready" || p == "/health") {
     if (!method_is("GET")) return wrong_method("GET");
+    // A device the health rules call unhealthy (or drained) takes the server out of rotation.
+    if (ready && opts.ras && opts.ras->worst() >= ras::HealthState::kUnhealthy) {
+      std::string why;
+      for (const auto& d : opts.ras->devices())
+        if (d.state >= ras::HealthState::kUnhealthy) why += (why.empty() ? "" : "; ") + d.device + ": " + d.reason;
+      return send_json(resp, 503, {{"object", "health.response"}, {"message", "Service is unhealthy: " + why + "."}});
+    }
     if (ready) return send_json(resp, 200, {{"object", "health.response"}, {"message", "Service is ready."}});
     return send_json(resp, 503,
                      {{"object", "health.response"},
                       {"message", draining ? "Service is draining." : "Service is loading the model."}});
+  }
+  if (p == "/v1/ras") {
+    if (!method_is("GET")) return wrong_method("GET");
+    if (!opts.ras) return send_json(resp, 200, {{"source", "none"}, {"state", "healthy"}, {"devices", json::array()}});
+    return send_json(resp, 200, opts.ras->to_json());
   }
   if (p == "/metrics" || p == "/v1/metrics") {
     if (!method_is("GET")) return wrong_method("GET");
@@ -279,6 +295,15 @@ void ApiServer::Impl::refresh_engine_metrics() {
   metrics->prompt_tokens.inc(static_cast<double>(s.prompt_tokens - last_stats.prompt_tokens));
   metrics->generation_tokens.inc(static_cast<double>(s.generated_tokens - last_stats.generated_tokens));
   metrics->num_preemptions.inc(static_cast<double>(s.preemptions - last_stats.preemptions));
+  if (opts.ras) {
+    for (const auto& d : opts.ras->devices())
+      metrics->device_health.labels({d.device}).set(static_cast<double>(d.state));
+    for (const auto& smp : opts.ras->last_samples()) {
+      if (!smp.value) continue;
+      if (smp.kind == ras::Kind::kTempC) metrics->device_temperature.labels({smp.device, smp.name}).set(*smp.value);
+      if (smp.kind == ras::Kind::kPowerW) metrics->device_power.labels({smp.device, smp.name}).set(*smp.value);
+    }
+  }
   last_stats = s;
 }
 
@@ -497,7 +522,22 @@ json ApiServer::Impl::usage(const RequestState& st) const {
   int64_t prompt = 0, completion = 0;
   for (int len : st.prompt_lens) prompt += len;
   for (const auto& c : st.choices) completion += c.n_generated;
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  json u = {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  // Energy and cost (docs/ras.md): "estimated" if any choice's energy was.
+  double joules = 0, cost = 0;
+  const char* source = nullptr;
+  for (const auto& c : st.choices) {
+    if (!c.energy_source) continue;
+    joules += c.joules;
+    cost += c.cost;
+    if (!source || std::string_view(c.energy_source) == "estimated") source = c.energy_source;
+  }
+  if (source) {
+    u["energy_joules"] = joules;
+    u["energy_source"] = source;
+    u["cost_usd"] = cost;
+  }
+  return u;
 }
 
 void ApiServer::Impl::on_event(const std::shared_ptr<RequestState>& st, size_t i, const engine::SeqEvent& ev) {
@@ -519,6 +559,11 @@ void ApiServer::Impl::on_event(const std::shared_ptr<RequestState>& st, size_t i
     c.t_last = now;
   }
   c.n_generated = ev.n_generated;
+  if (ev.energy_source) {
+    c.joules = ev.energy_joules;
+    c.cost = ev.cost_usd;
+    c.energy_source = ev.energy_source;
+  }
   if (ev.finish != engine::SeqFinish::kNone) {
     c.done = true;
     c.finish = engine::seq_finish_name(ev.finish);
@@ -626,6 +671,10 @@ void ApiServer::Impl::finish_request(const std::shared_ptr<RequestState>& st) {
   }
   const json u = usage(*st);
   if (metrics) {
+    if (u.contains("energy_joules")) {
+      metrics->energy_joules.labels({u["energy_source"].get<std::string>()}).inc(u["energy_joules"].get<double>());
+      metrics->cost_usd.inc(u["cost_usd"].get<double>());
+    }
     metrics->e2e_request_latency.observe(total);
     metrics->request_prompt_tokens.observe(u["prompt_tokens"].get<double>());
     metrics->request_generation_tokens.observe(u["completion_tokens"].get<double>());

@@ -19,6 +19,10 @@ class LoadedModel;
 class Scheduler;
 }  // namespace fennec::engine
 
+namespace fennec::ras {
+class RasService;
+}
+
 namespace fennec::server {
 
 struct ApiServerOptions {
@@ -26,6 +30,9 @@ struct ApiServerOptions {
   std::string served_model_name;  // the id /v1/models lists and requests must name (or omit)
   std::string api_key;            // "" -> no authentication
   bool log_requests = true;       // one line per request on stderr
+  // Device health (GET /v1/ras, readiness 503 while a device is unhealthy, health gauges in
+  // /metrics); may be null. Must outlive the server.
+  ras::RasService* ras = nullptr;
 };
 
 class ApiServer {

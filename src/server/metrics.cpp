@@ -348,7 +348,23 @@ ServerMetrics::ServerMetrics(const std::string& model_name, int max_model_len)
                                               {"finished_reason"}, {{"model_name", model_name}})),
       http_requests(registry.counter_family("fennec:http_requests_total",
                                             "Count of HTTP responses by status class.", {"status"},
-                                            {{"model_name", model_name}})) {
+                                            {{"model_name", model_name}})),
+      energy_joules(registry.counter_family(
+          "fennec:energy_joules_total",
+          "Energy of finished requests in joules, measured (RAPL) or estimated (--device-watts).",
+          {"source"}, {{"model_name", model_name}})),
+      cost_usd(registry.counter("fennec:cost_usd_total",
+                                "Cost of finished requests in USD (energy and machine time).",
+                                {{"model_name", model_name}})),
+      device_health(registry.gauge_family(
+          "fennec:device_health_state",
+          "Device health: 0 healthy, 1 suspect, 2 unhealthy, 3 drained.", {"device"},
+          {{"model_name", model_name}})),
+      device_temperature(registry.gauge_family("fennec:device_temperature_celsius",
+                                               "Device temperature in degrees Celsius.",
+                                               {"device", "sensor"}, {{"model_name", model_name}})),
+      device_power(registry.gauge_family("fennec:device_power_watts", "Device power in watts.",
+                                         {"device", "sensor"}, {{"model_name", model_name}})) {
   for (const char* reason : {"stop", "length", "abort", "error"}) request_success.labels({reason});
   for (const char* status : {"2xx", "4xx", "5xx"}) http_requests.labels({status});
 }

@@ -173,6 +173,16 @@ struct ServerMetrics {
   Family<Counter>& request_success;
   // fennec:http_requests_total{status}: status is the code's class ("2xx", "4xx", ...).
   Family<Counter>& http_requests;
+  // Energy and cost of finished requests (docs/ras.md). fennec:energy_joules_total{source}:
+  // labels({"measured"|"estimated"}); fennec:cost_usd_total.
+  Family<Counter>& energy_joules;
+  Counter& cost_usd;
+  // Device health and telemetry (docs/ras.md). fennec:device_health_state{device}: 0 healthy,
+  // 1 suspect, 2 unhealthy, 3 drained; fennec:device_temperature_celsius{device,sensor};
+  // fennec:device_power_watts{device,sensor}.
+  Family<Gauge>& device_health;
+  Family<Gauge>& device_temperature;
+  Family<Gauge>& device_power;
 
   // Counts one HTTP response with this status code in http_requests.
   void count_http_response(int status);

@@ -384,6 +384,11 @@ TEST(MetricsServer, NamesTypesAndModelLabel) {
   m.count_http_response(404);
   m.count_http_response(422);
   m.count_http_response(999);
+  m.energy_joules.labels({"estimated"}).inc(1.5);
+  m.cost_usd.inc(0.01);
+  m.device_health.labels({"mem:mc0"}).set(1);
+  m.device_temperature.labels({"cpu", "k10temp/Tctl"}).set(45);
+  m.device_power.labels({"gpu:0", "power"}).set(250);
 
   std::vector<ParsedFamily> fs = parse_exposition(m.render());
   const std::vector<std::pair<std::string, std::string>> expected = {
@@ -402,6 +407,11 @@ TEST(MetricsServer, NamesTypesAndModelLabel) {
       {"fennec:request_generation_tokens", "histogram"},
       {"fennec:request_success_total", "counter"},
       {"fennec:http_requests_total", "counter"},
+      {"fennec:energy_joules_total", "counter"},
+      {"fennec:cost_usd_total", "counter"},
+      {"fennec:device_health_state", "gauge"},
+      {"fennec:device_temperature_celsius", "gauge"},
+      {"fennec:device_power_watts", "gauge"},
   };
   ASSERT_EQ(fs.size(), expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {

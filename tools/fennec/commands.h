@@ -9,6 +9,7 @@ void add_run_commands(CLI::App& app);        // run, chat
 void add_perplexity_command(CLI::App& app);
 void add_serve_command(CLI::App& app);       // serve
 void add_bench_command(CLI::App& app);       // bench
+void add_doctor_command(CLI::App& app);      // doctor
 int exit_code();
 void set_exit_code(int code);
 

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   fennec::cli::add_perplexity_command(app);
   fennec::cli::add_serve_command(app);
   fennec::cli::add_bench_command(app);
+  fennec::cli::add_doctor_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -10,6 +10,10 @@
 #include "core/thread_pool.h"
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
+#include "metering/meter.h"
+#include "ras/canary.h"
+#include "ras/scrubber.h"
+#include "ras/service.h"
 #include "server/api_server.h"
 #include "tools/fennec/commands.h"
 
@@ -63,6 +67,14 @@ struct ServeFlags {
   int io_threads = 1;
   bool no_prefix_caching = false;
   bool quiet = false;
+  double device_watts = 0;  // metering (docs/ras.md); 0: default
+  double price_kwh = 0.15;
+  double price_hour = 0;
+  double ras_interval = 10;
+  std::string ras_trace;
+  std::string sysfs_root = "/";
+  int scrub_mb = 256;
+  double canary_interval = 600;
 };
 
 int serve(const ServeFlags& f) {
@@ -88,6 +100,22 @@ int serve(const ServeFlags& f) {
   so.api_key = f.api_key;
   so.served_model_name = f.served_name.empty() ? std::filesystem::path(f.model).stem().string() : f.served_name;
   so.log_requests = !f.quiet;
+  if (f.device_watts < 0 || f.price_kwh < 0 || f.price_hour < 0) {
+    std::fprintf(stderr, "fennec: --device-watts, --price-kwh and --price-hour must not be negative\n");
+    return 2;
+  }
+  // Telemetry and health: a failure here is reported, never fatal (except a bad --ras-trace).
+  ras::RasOptions ro;
+  ro.interval_s = f.ras_interval;
+  ro.trace = f.ras_trace;
+  ro.sysfs_root = f.sysfs_root;
+  auto ras_service = ras::RasService::create(ro);
+  if (!ras_service) {
+    std::fprintf(stderr, "fennec: %s\n", ras_service.error().message.c_str());
+    return 2;
+  }
+  (*ras_service)->start();
+  so.ras = ras_service->get();
   auto srv = server::ApiServer::create(so);
   if (!srv) {
     std::fprintf(stderr, "fennec: %s\n", srv.error().message.c_str());
@@ -115,8 +143,49 @@ int serve(const ServeFlags& f) {
   sched_opts.max_batch_tokens = f.max_batch_tokens;
   sched_opts.max_waiting = f.max_queue;
   sched_opts.prefix_caching = !f.no_prefix_caching;
+  std::string no_counter;
+  metering::MeterOptions mo{f.device_watts, f.price_kwh, f.price_hour};
+  metering::StepMeter meter(mo, metering::EnergyCounter::find(f.sysfs_root, &no_counter));
+  if (meter.source() == metering::EnergySource::kMeasured)
+    std::fprintf(stderr, "fennec: energy: measured (CPU package energy counters)\n");
+  else
+    std::fprintf(stderr, "fennec: energy: estimated at --device-watts %.0f W (%s)\n", meter.options().device_watts,
+                 no_counter.c_str());
+  sched_opts.meter = &meter;
+  if (f.scrub_mb > 0) {  // re-verify the mapped weights, scrub_mb MiB per telemetry reading
+    std::vector<ras::ScrubRegion> regions;
+    for (const auto& t : (*lm)->gguf().tensors()) regions.push_back({t.name, t.data, static_cast<size_t>(t.n_bytes)});
+    (*ras_service)->add_source(
+        std::make_unique<ras::WeightScrubber>(std::move(regions), static_cast<size_t>(f.scrub_mb) << 20));
+  }
   engine::Scheduler scheduler(**lm, sched_opts);
   scheduler.start();
+  // The NaN guard's counts as RAS telemetry: a step fixed by recomputing is a corrected error,
+  // one that failed twice an uncorrected one (docs/ras.md).
+  (*ras_service)->add_source(ras::make_callback_source("engine", [&scheduler] {
+    const auto s = scheduler.stats();
+    ras::Sample fixed, failed;
+    fixed.device = failed.device = "engine";
+    fixed.name = "nan_guard/recomputed_steps";
+    fixed.kind = ras::Kind::kCeCount;
+    fixed.value = static_cast<double>(s.numeric_recomputed);
+    failed.name = "nan_guard/failed_steps";
+    failed.kind = ras::Kind::kUeCount;
+    failed.value = static_cast<double>(s.numeric_failed);
+    return std::vector<ras::Sample>{fixed, failed};
+  }));
+  if (f.canary_interval > 0) {  // a fixed greedy prompt whose answer must never change
+    auto p = (*lm)->tokenize_chat(
+        nlohmann::json::array({{{"role", "user"}, {"content", "Count from one to ten."}}}), true);
+    if (p) {
+      auto canary = std::make_unique<ras::Canary>(ras::scheduler_canary(scheduler, std::move(*p), 16),
+                                                  f.canary_interval);
+      (void)canary->read();  // the reference answer, before the server turns ready
+      (*ras_service)->add_source(std::move(canary));
+    } else {
+      std::fprintf(stderr, "fennec: no canary: %s\n", p.error().message.c_str());
+    }
+  }
   (*srv)->attach(**lm, scheduler);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr,
@@ -133,6 +202,7 @@ int serve(const ServeFlags& f) {
   scheduler.stop();  // anything left ends as aborted
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   (*srv)->stop();
+  (*ras_service)->stop();  // before the model (the scrubber reads its mapping) goes away
   std::fprintf(stderr, "fennec: stopped (%lld requests cut off by the drain timeout)\n", static_cast<long long>(left));
   return 0;
 }
@@ -164,6 +234,24 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--no-prefix-caching", f->no_prefix_caching, "do not share prompt pages")
       ->envname("FENNEC_NO_PREFIX_CACHING");
   cmd->add_flag("-q,--quiet", f->quiet, "no per-request log lines")->envname("FENNEC_QUIET");
+  cmd->add_option("--device-watts", f->device_watts,
+                  "power for estimated energy where no counter exists (default 5 W per CPU, >= 10 W)")
+      ->envname("FENNEC_DEVICE_WATTS");
+  cmd->add_option("--price-kwh", f->price_kwh, "electricity price in USD per kWh (default 0.15)")
+      ->envname("FENNEC_PRICE_KWH");
+  cmd->add_option("--price-hour", f->price_hour, "machine price in USD per hour, split by busy time (default 0)")
+      ->envname("FENNEC_PRICE_HOUR");
+  cmd->add_option("--ras-interval", f->ras_interval, "seconds between telemetry readings (default 10)")
+      ->envname("FENNEC_RAS_INTERVAL");
+  cmd->add_option("--ras-trace", f->ras_trace, "replay this telemetry trace instead of the machine (tests)")
+      ->envname("FENNEC_RAS_TRACE");
+  cmd->add_option("--canary-interval", f->canary_interval,
+                  "seconds between canary runs, a fixed prompt whose answer must not change (default 600; 0: off)")
+      ->envname("FENNEC_CANARY_INTERVAL");
+  cmd->add_option("--scrub-mb", f->scrub_mb, "MiB of weights re-verified per telemetry reading (default 256; 0: off)")
+      ->envname("FENNEC_SCRUB_MB");
+  cmd->add_option("--sysfs-root", f->sysfs_root, "read /sys under this directory (tests; default /)")
+      ->envname("FENNEC_SYSFS_ROOT");
   cmd->callback([f] { set_exit_code(serve(*f)); });
 }
 

@@ -1,0 +1,70 @@
+// Weight scrubbing: memory that must never change (the model's mmapped weights) is checksummed in
+// chunks and re-verified in slices, a little per telemetry reading, so a bit that flips in DRAM
+// or the page cache after load is found instead of silently changing every answer. The first pass
+// records the reference checksums; later passes compare. A changed chunk counts as a critical
+// event (health rule U3: unhealthy) and becomes the new reference, so a lasting flip is counted
+// once.
+//
+// It covers the bytes it is given: weights the kernels repacked into their own buffers are not
+// in the mapped file and need their own regions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ras/telemetry.h"
+
+namespace fennec::ras {
+
+struct ScrubRegion {
+  std::string name;  // a tensor's name
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
+class WeightScrubber final : public TelemetrySource {
+ public:
+  // bytes_per_read: how much each read() verifies (the scrub rate is that per --ras-interval).
+  explicit WeightScrubber(std::vector<ScrubRegion> regions,
+                          size_t bytes_per_read = size_t{256} << 20,
+                          size_t chunk_bytes = size_t{1} << 20);
+
+  std::string name() const override { return "scrub"; }
+  // Scrubs the next bytes_per_read bytes. Samples on device "weights": "scrub_mismatches"
+  // (kCriticalEvents, cumulative; text: the last changed chunk) and "scrub_progress" (kInfo).
+  std::vector<Sample> read() override;
+
+  struct Mismatch {
+    std::string region;
+    size_t offset = 0;  // of the chunk within the region
+  };
+  // Verifies (or, on the first pass, records) up to `bytes` more bytes, wrapping around to a new
+  // pass at the end; returns the chunks found changed.
+  std::vector<Mismatch> scrub(size_t bytes);
+
+  int64_t mismatches() const { return n_mismatches_; }
+  int64_t passes() const { return passes_; }  // complete passes, the reference pass included
+  size_t total_bytes() const { return total_; }
+
+ private:
+  struct Chunk {
+    size_t region = 0;
+    size_t offset = 0, size = 0;
+    uint64_t sum = 0;
+  };
+  std::vector<ScrubRegion> regions_;
+  std::vector<Chunk> chunks_;
+  size_t bytes_per_read_;
+  size_t total_ = 0;
+  size_t next_ = 0;  // next chunk
+  int64_t passes_ = 0;
+  int64_t n_mismatches_ = 0;
+  std::string last_;  // the last mismatch, in words
+};
+
+// A 64-bit checksum of n bytes (fast, not cryptographic: it guards against flips, not attackers).
+uint64_t scrub_checksum(const uint8_t* p, size_t n);
+
+}  // namespace fennec::ras
