@@ -70,7 +70,7 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
 
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0,
-          __mmask16 mask) {
+          __mmask16 mask, const uint8_t* next, int64_t next_lines_per_block) {
   __m512 acc[T];
   const BlockQ8_0* act[T];
 #pragma GCC unroll 8
@@ -82,6 +82,10 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
   const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   for (int64_t b = 0; b < a.nb; ++b) {
     __m512i w[8];
+    // The hardware prefetcher stops at page boundaries; walk the next group's bytes ahead
+    // (a few lines per block), so its pages are in flight when this group ends.
+    for (int64_t k = 0; k < next_lines_per_block; ++k)
+      _mm_prefetch(reinterpret_cast<const char*>(next) + 64 * (b * next_lines_per_block + k), _MM_HINT_T0);
     unpack<L>(grp + b * packed::block_bytes<L>(), w);
     __m512 dw[L::kScales];
 #pragma GCC unroll 2
@@ -127,16 +131,22 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    // Prefetch the next group during the last token tile (the one pass over this group when
+    // there are few tokens).
+    const bool pf = g + 1 < g1;
+    const int64_t lines = pf ? (gbytes / 64 + a.nb - 1) / a.nb : 0;
+    const uint8_t* next = grp + gbytes;
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, sc, t, row0, mask);
+    for (; t + kT <= a.n_tokens; t += kT)
+      tile<L, kT>(a, grp, sc, t, row0, mask, next, t + kT == a.n_tokens ? lines : 0);
     switch (a.n_tokens - t) {
-      case 7: tile<L, 7>(a, grp, sc, t, row0, mask); break;
-      case 6: tile<L, 6>(a, grp, sc, t, row0, mask); break;
-      case 5: tile<L, 5>(a, grp, sc, t, row0, mask); break;
-      case 4: tile<L, 4>(a, grp, sc, t, row0, mask); break;
-      case 3: tile<L, 3>(a, grp, sc, t, row0, mask); break;
-      case 2: tile<L, 2>(a, grp, sc, t, row0, mask); break;
-      case 1: tile<L, 1>(a, grp, sc, t, row0, mask); break;
+      case 7: tile<L, 7>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 6: tile<L, 6>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 5: tile<L, 5>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 4: tile<L, 4>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 3: tile<L, 3>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 2: tile<L, 2>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 1: tile<L, 1>(a, grp, sc, t, row0, mask, next, lines); break;
       default: break;
     }
   }
