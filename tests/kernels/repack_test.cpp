@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -24,7 +25,9 @@ namespace {
 
 using formats::GgmlType;
 
-int64_t block_cols(GgmlType t) { return t == GgmlType::NVFP4 ? 64 : t == GgmlType::Q4_K ? 256 : 32; }
+int64_t block_cols(GgmlType t) {
+  return t == GgmlType::NVFP4 ? 64 : t == GgmlType::Q4_K || t == GgmlType::Q6_K ? 256 : 32;
+}
 int64_t block_size(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return 18;
@@ -32,6 +35,7 @@ int64_t block_size(GgmlType t) {
     case GgmlType::Q8_0: return 34;
     case GgmlType::MXFP4: return 17;
     case GgmlType::Q4_K: return 144;
+    case GgmlType::Q6_K: return 210;
     default: return 36;  // NVFP4
   }
 }
@@ -50,6 +54,9 @@ std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, uint32_
       m[o] = static_cast<uint8_t>(118 + rng() % 12);  // 2^-10 .. 2^1
     } else if (t == GgmlType::NVFP4) {
       for (int s = 0; s < 4; ++s) m[o + s] = static_cast<uint8_t>(rng() % 0x7f);  // incl. 0 and subnormals
+    } else if (t == GgmlType::Q6_K) {
+      const uint16_t h = f32_to_fp16(u(rng) / 16);
+      std::memcpy(m.data() + o + 208, &h, 2);
     } else if (t == GgmlType::Q4_K) {
       for (int k = 0; k < 2; ++k) {
         const uint16_t h = f32_to_fp16(u(rng) / 16);
@@ -139,7 +146,7 @@ class RepackKernelTest : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
   const GgmlType t = GetParam();
-  if (t == GgmlType::Q4_K) GTEST_SKIP() << "Q8_K activations: RepackQ4KKernelTest";
+  if (t == GgmlType::Q4_K || t == GgmlType::Q6_K) GTEST_SKIP() << "Q8_K activations: RepackQ4KKernelTest, RepackQ6KKernelTest";
   std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
   if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
   if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
@@ -300,9 +307,91 @@ TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
   }
 }
 
+// Q6_K: every path against repack_layout.h's contract, from ggml's block layout (decoded in
+// ggml's loop order and checked against the reference dequantizer), with Q8_K activations.
+TEST(RepackQ6KKernelTest, EveryPathMatchesTheContractBitForBit) {
+  std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
+  if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
+  if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_real_distribution<float> u(0.0005f, 0.005f);
+  for (int64_t rows : {16, 40}) {
+    for (int64_t cols : {256, 768}) {
+      const int64_t nsb = cols / 256, rb = nsb * static_cast<int64_t>(sizeof(quant::BlockQ6K));
+      std::vector<uint8_t> m(static_cast<size_t>(rows * rb));
+      for (auto& b : m) b = static_cast<uint8_t>(rng());  // int8 scales include -128
+      for (int64_t o = 0; o < static_cast<int64_t>(m.size()); o += static_cast<int64_t>(sizeof(quant::BlockQ6K))) {
+        const uint16_t d = f32_to_fp16(u(rng));
+        std::memcpy(m.data() + o + offsetof(quant::BlockQ6K, d), &d, 2);
+      }
+      // q[row][column] in ggml's order: per half of 128, l < 32 gives columns l, l+32, l+64, l+96.
+      std::vector<int> q(static_cast<size_t>(rows * cols));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t sb = 0; sb < nsb; ++sb) {
+          const auto& x = reinterpret_cast<const quant::BlockQ6K*>(m.data() + r * rb)[sb];
+          for (int n = 0; n < 2; ++n)
+            for (int l = 0; l < 32; ++l) {
+              const uint8_t* ql = x.ql + 64 * n;
+              const uint8_t h = x.qh[32 * n + l];
+              int* qq = q.data() + r * cols + sb * 256 + 128 * n + l;
+              qq[0] = ((ql[l] & 0xF) | ((h >> 0) & 3) << 4) - 32;
+              qq[32] = ((ql[l + 32] & 0xF) | ((h >> 2) & 3) << 4) - 32;
+              qq[64] = ((ql[l] >> 4) | ((h >> 4) & 3) << 4) - 32;
+              qq[96] = ((ql[l + 32] >> 4) | ((h >> 6) & 3) << 4) - 32;
+            }
+        }
+      std::vector<float> deq(static_cast<size_t>(cols));
+      ASSERT_TRUE(quant::dequantize_row(GgmlType::Q6_K, m.data(), deq.data(), cols).has_value());
+      for (int64_t c = 0; c < cols; ++c) {
+        const auto& x = reinterpret_cast<const quant::BlockQ6K*>(m.data())[c / 256];
+        ASSERT_EQ(fp16_to_f32(x.d) * (x.scales[(c % 256) / 16] * q[static_cast<size_t>(c)]), deq[static_cast<size_t>(c)]) << c;
+      }
+      WeightView w{GgmlType::Q6_K, m.data(), rows, cols, rb};
+      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(GgmlType::Q6_K, rows, cols)) + 64);
+      uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+      const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+      pack_groups(w, p, 0, groups);
+      for (int64_t n_tokens : {1, 2, 3, 5, 9}) {
+        const int64_t stride = quantized_act_bytes(ActFormat::kQ8_K, cols);
+        std::vector<uint8_t> act(static_cast<size_t>(n_tokens * stride));
+        std::vector<float> xv(static_cast<size_t>(cols));
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          for (auto& v : xv) v = nd(rng);
+          quantize_act(ActFormat::kQ8_K, xv.data(), act.data() + t * stride, cols);
+        }
+        for (auto [ops, name] : paths) {
+          std::vector<float> y(static_cast<size_t>(n_tokens * rows), -1.f);
+          const PackedGemmArgs args{p, nsb, act.data(), stride, nullptr, nullptr, n_tokens, y.data(), rows, rows};
+          ops->q6_k(args, 0, groups);
+          for (int64_t t = 0; t < n_tokens; ++t) {
+            const auto* ya = reinterpret_cast<const quant::BlockQ8K*>(act.data() + t * stride);
+            for (int64_t r = 0; r < rows; ++r) {
+              const auto* x = reinterpret_cast<const quant::BlockQ6K*>(m.data() + r * rb);
+              float acc = 0.f;
+              for (int64_t sb = 0; sb < nsb; ++sb) {
+                int32_t isum = 0;
+                for (int g = 0; g < 16; ++g) {
+                  int32_t dot = 0;
+                  for (int c = 16 * g; c < 16 * g + 16; ++c)
+                    dot += q[static_cast<size_t>(r * cols + sb * 256 + c)] * ya[sb].qs[c];
+                  isum += x[sb].scales[g] * dot;
+                }
+                acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
+              }
+              ASSERT_EQ(f32_to_bits(y[static_cast<size_t>(t * rows + r)]), f32_to_bits(acc))
+                  << name << " rows " << rows << " cols " << cols << " tokens " << n_tokens << " at (" << t << ", " << r << ")";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest,
                          ::testing::Values(GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::MXFP4,
-                                           GgmlType::NVFP4, GgmlType::Q4_K),
+                                           GgmlType::NVFP4, GgmlType::Q4_K, GgmlType::Q6_K),
                          [](const auto& info) { return std::string(formats::type_name(info.param)); });
 
 }  // namespace

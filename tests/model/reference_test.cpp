@@ -13,7 +13,8 @@
 // with ggml's per-output float order, which the unpacked kernels keep ("_ggml_order": 98%, in
 // fact 100%); the packed Q8_0 kernels that fennec runs by default sum in another order (one
 // chain per output, kernels/cpu/repack.h), which leaves Gemma at llama.cpp's own
-// batch-to-decode level (~94-95%) with mean KL < 0.01 and the NLL within 1%.
+// batch-to-decode level (~94-95%) with mean KL < 0.01 and the NLL within 1%. Its bound, 92%, is
+// llama.cpp's own 94.5% less two standard errors of a rate measured on 512 positions (~1% each).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -166,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest,
                          ::testing::Values(Case{test::kSmolLM2, "teacher_smollm2-135m", 0.98, false},
                                            Case{test::kGemma3, "teacher_gemma3-270m", 0.93, false},
                                            Case{test::kSmolLM2, "teacher_decode_smollm2-135m", 0.98, true},
-                                           Case{test::kGemma3, "teacher_decode_gemma3-270m", 0.93, true},
+                                           Case{test::kGemma3, "teacher_decode_gemma3-270m", 0.92, true},
                                            Case{test::kGemma3, "teacher_decode_gemma3-270m", 0.98, true, false}),
                          [](const auto& info) {
                            return std::string(info.param.decode ? "decode_" : "batch_") +

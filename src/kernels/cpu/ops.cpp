@@ -158,7 +158,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     fns[i] = quant_gemm_fn(w.type, w.rows);
     if (w.packed) {
       pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
-      const bool k = w.type == formats::GgmlType::Q4_K;  // Q8_K activations, no side data
+      const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;  // Q8_K: no side data
       pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, k ? nullptr : sd, k ? nullptr : ss,
                   n_tokens,      jobs[i].y,  args[i].ldy,   w.rows};
     }

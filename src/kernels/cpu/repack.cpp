@@ -170,6 +170,85 @@ void gemm_q4k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// Column e (0..255) of a Q6_K block: the 6-bit q (ggml's layout: halves of 128, in each the 32
+// columns l, l+32, l+64, l+96 share ql[l], ql[l+32] and qh[l]).
+uint8_t q6k_value(const quant::BlockQ6K& x, int e) {
+  const int n = e / 128, i = (e % 128) / 32, l = e % 32;
+  const uint8_t* ql = x.ql + 64 * n;
+  const uint8_t* qh = x.qh + 32 * n;
+  const uint8_t lo = (i % 2 == 0 ? ql[l] : ql[l + 32]) >> (4 * (i / 2)) & 0x0F;
+  return static_cast<uint8_t>(lo | ((qh[l] >> (2 * i)) & 3) << 4);
+}
+
+void pack_q6k(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
+  using packed::Q6K;
+  const int64_t nsb = w.cols / quant::kQKK;
+  for (int64_t g = g0; g < g1; ++g) {
+    uint8_t* grp = dst + g * packed::q6k_group_stride(nsb);
+    std::memset(grp, 0, static_cast<size_t>(packed::q6k_group_stride(nsb)));
+    for (int r = 0; r < kPackRows; ++r) {
+      const int64_t row = g * kPackRows + r;
+      if (row >= w.rows) continue;
+      const auto* x = reinterpret_cast<const quant::BlockQ6K*>(w.data + row * w.row_bytes);
+      for (int64_t sb = 0; sb < nsb; ++sb) {
+        uint8_t* blk = grp + sb * Q6K::kBytes;
+        for (int j = 0; j < 8; ++j) {
+          uint8_t u[32];
+          uint32_t b4 = 0, b5 = 0;
+          for (int c = 0; c < 32; ++c) {
+            u[c] = q6k_value(x[sb], 32 * j + c);
+            b4 |= static_cast<uint32_t>((u[c] >> 4) & 1) << c;
+            b5 |= static_cast<uint32_t>((u[c] >> 5) & 1) << c;
+          }
+          uint8_t* sub = blk + Q6K::kSub * j;
+          for (int c = 0; c < 4; ++c)
+            for (int k = 0; k < 4; ++k)
+              sub[64 * c + 4 * r + k] = static_cast<uint8_t>((u[4 * c + k] & 0x0F) | (u[16 + 4 * c + k] & 0x0F) << 4);
+          std::memcpy(sub + 256 + 4 * r, &b4, 4);
+          std::memcpy(sub + 320 + 4 * r, &b5, 4);
+        }
+        for (int gi = 0; gi < 16; ++gi) blk[Q6K::kScales + 16 * gi + r] = static_cast<uint8_t>(x[sb].scales[gi]);
+        std::memcpy(blk + Q6K::kD + 2 * r, &x[sb].d, 2);
+      }
+    }
+  }
+}
+
+void gemm_q6k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  using packed::Q6K;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
+    const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
+    for (int64_t t = 0; t < a.n_tokens; ++t) {
+      const auto* y = reinterpret_cast<const quant::BlockQ8K*>(a.act + t * a.act_stride);
+      for (int r = 0; r < nr; ++r) {
+        float acc = 0.0f;
+        for (int64_t sb = 0; sb < a.nb; ++sb) {
+          const uint8_t* blk = grp + sb * Q6K::kBytes;
+          int32_t isum = 0;
+          for (int gi = 0; gi < 16; ++gi) {
+            const uint8_t* sub = blk + Q6K::kSub * (gi / 2);
+            uint32_t b4, b5;
+            std::memcpy(&b4, sub + 256 + 4 * r, 4);
+            std::memcpy(&b5, sub + 320 + 4 * r, 4);
+            int32_t dot = 0;
+            for (int c = 16 * (gi % 2); c < 16 * (gi % 2) + 16; ++c) {
+              const uint8_t byte = sub[64 * ((c % 16) / 4) + 4 * r + c % 4];
+              const int u = (c < 16 ? byte & 0x0F : byte >> 4) | ((b4 >> c) & 1) << 4 | ((b5 >> c) & 1) << 5;
+              dot += u * y[sb].qs[16 * gi + c % 16];
+            }
+            isum += static_cast<int8_t>(blk[Q6K::kScales + 16 * gi + r]) * (dot - 32 * y[sb].bsums[gi]);
+          }
+          uint16_t d;
+          std::memcpy(&d, blk + Q6K::kD + 2 * r, 2);
+          acc = std::fma(static_cast<float>(isum), fp16_to_f32(d) * y[sb].d, acc);
+        }
+        a.y[t * a.ldy + g * kPackRows + r] = acc;
+      }
+    }
+  }
+}
+
 // The signed weight of column c of row r in packed block q (which starts at the block).
 template <class L>
 int32_t weight(const uint8_t* q, int r, int c) {
@@ -227,7 +306,7 @@ int64_t stride_of(int64_t nb) {
 
 bool can_pack(GgmlType t) {
   return t == GgmlType::Q4_0 || t == GgmlType::Q5_0 || t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ||
-         t == GgmlType::NVFP4 || t == GgmlType::Q4_K;
+         t == GgmlType::NVFP4 || t == GgmlType::Q4_K || t == GgmlType::Q6_K;
 }
 
 int64_t packed_group_bytes(GgmlType t, int64_t cols) {
@@ -239,6 +318,7 @@ int64_t packed_group_bytes(GgmlType t, int64_t cols) {
     case GgmlType::MXFP4: return stride_of<packed::Mxfp4>(nb);
     case GgmlType::NVFP4: return stride_of<packed::Nvfp4>(nb);
     case GgmlType::Q4_K: return packed::q4k_group_stride(cols / quant::kQKK);
+    case GgmlType::Q6_K: return packed::q6k_group_stride(cols / quant::kQKK);
     default: return 0;
   }
 }
@@ -255,6 +335,7 @@ void pack_groups(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
     case GgmlType::MXFP4: pack_type<packed::Mxfp4>(w, dst, g0, g1); break;
     case GgmlType::NVFP4: pack_type<packed::Nvfp4>(w, dst, g0, g1); break;
     case GgmlType::Q4_K: pack_q4k(w, dst, g0, g1); break;
+    case GgmlType::Q6_K: pack_q6k(w, dst, g0, g1); break;
     default: break;
   }
 }
@@ -274,7 +355,7 @@ void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum)
 const PackedGemmOps& packed_gemm_ops_scalar() {
   static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q5_0>,
                                  &gemm_scalar<packed::Q8_0>, &gemm_scalar<packed::Mxfp4>,
-                                 &gemm_scalar<packed::Nvfp4>, &gemm_q4k_scalar};
+                                 &gemm_scalar<packed::Nvfp4>, &gemm_q4k_scalar, &gemm_q6k_scalar};
   return ops;
 }
 
@@ -297,6 +378,7 @@ PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, GgmlType t) {
     case GgmlType::MXFP4: return ops.mxfp4;
     case GgmlType::NVFP4: return ops.nvfp4;
     case GgmlType::Q4_K: return ops.q4_k;
+    case GgmlType::Q6_K: return ops.q6_k;
     default: return nullptr;
   }
 }
@@ -316,7 +398,9 @@ void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_rel
 
 void PackedWeights::pack(WeightView& w, ThreadPool& pool) {
   if (!repack_enabled() || !can_pack(w.type) || w.packed) return;
-  const int64_t per_block = w.type == GgmlType::NVFP4 ? quant::kQKNvfp4 : w.type == GgmlType::Q4_K ? quant::kQKK : quant::kQK;
+  const int64_t per_block = w.type == GgmlType::NVFP4                                ? quant::kQKNvfp4
+                            : w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K ? quant::kQKK
+                                                                                   : quant::kQK;
   if (w.cols % per_block != 0) return;
   const int64_t bytes = packed_bytes(w.type, w.rows, w.cols);
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64)));

@@ -26,6 +26,17 @@ inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
+// w + value in byte k of lane r where bit 4j+k of the lane's 32-bit plane word is set.
+inline __m256i add_plane(__m256i plane, int j, __m256i w, char value) {
+  const __m256i lanes = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,  //
+                                         0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+  const int sh = 4 * (j % 2);
+  const __m256i bits = _mm256_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
+  const __m256i bytes = _mm256_shuffle_epi8(plane, _mm256_add_epi8(lanes, _mm256_set1_epi8(static_cast<char>(j / 2))));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bits), bits);
+  return _mm256_or_si256(w, _mm256_and_si256(set, _mm256_set1_epi8(value)));
+}
+
 // The eight steps of half h (rows 8h..8h+7) of one packed block.
 template <class L>
 inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
@@ -46,18 +57,8 @@ inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
       for (int j = 0; j < 8; ++j) w[j] = _mm256_shuffle_epi8(lut, w[j]);
     }
     if constexpr (L::kQh) {
-      // Step j: bit 4j+k of the row's qh word (byte j/2, bit 4(j%2)+k) -> 0x10 in byte k.
       const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * L::kChunks));
-      const __m256i x10 = _mm256_set1_epi8(0x10);
-      const __m256i lanes = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,  //
-                                             0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
-      for (int j = 0; j < 8; ++j) {
-        const int sh = 4 * (j % 2);
-        const __m256i bits = _mm256_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
-        const __m256i bytes = _mm256_shuffle_epi8(qh, _mm256_add_epi8(lanes, _mm256_set1_epi8(static_cast<char>(j / 2))));
-        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bits), bits);
-        w[j] = _mm256_or_si256(w[j], _mm256_and_si256(set, x10));
-      }
+      for (int j = 0; j < 8; ++j) w[j] = add_plane(qh, j, w[j], 0x10);
     }
   }
 }
@@ -204,6 +205,78 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   }
 }
 
+// Q6_K: u <= 63, so two steps of int16 pair sums stay below 2 * 2 * 63 * 128 = 32256 before
+// vpmaddwd; each 16-column group starts at -32 * its activation sum, scaled by vpmulld.
+template <int T>
+void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+  using packed::Q6K;
+  const quant::BlockQ8K* act[T];
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t sb = 0; sb < a.nb; ++sb) {
+    const uint8_t* blk = grp + sb * Q6K::kBytes;
+    __m256i isum[T];
+    for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* sub = blk + Q6K::kSub * j + 32 * h;
+      __m256i w[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sub + 64 * c));
+        w[c] = _mm256_and_si256(v, m4);
+        w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      }
+      const __m256i b4 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sub + 256));
+      const __m256i b5 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sub + 320));
+      for (int k = 0; k < 8; ++k) w[k] = add_plane(b5, k, add_plane(b4, k, w[k], 0x10), 0x20);
+      for (int hh = 0; hh < 2; ++hh) {
+        const int gi = 2 * j + hh;
+        const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + Q6K::kScales + 16 * gi + 8 * h)));
+        for (int t = 0; t < T; ++t) {
+          const int8_t* y = act[t][sb].qs + 16 * gi;
+          const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(w[4 * hh], bcast4(y)),
+                                               _mm256_maddubs_epi16(w[4 * hh + 1], bcast4(y + 4)));
+          const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(w[4 * hh + 2], bcast4(y + 8)),
+                                               _mm256_maddubs_epi16(w[4 * hh + 3], bcast4(y + 12)));
+          const __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(p01, ones), _mm256_madd_epi16(p23, ones)),
+                                             _mm256_set1_epi32(-32 * act[t][sb].bsums[gi]));
+          isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(s, sc));
+        }
+      }
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q6K::kD + 16 * h)));
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][sb].d)), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+
+template <int T>
+void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
+  alignas(32) float out[2][T][8];
+  q6k_half<T>(a, grp, 0, t0, &out[0][0][0]);
+  if (nr > 8) q6k_half<T>(a, grp, 1, t0, &out[1][0][0]);
+  for (int t = 0; t < T; ++t) {
+    float* y = a.y + (t0 + t) * a.ldy + row0;
+    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
+  }
+}
+
+void q6k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    int64_t t = 0;
+    for (; t + 2 <= a.n_tokens; t += 2) q6k_tile<2>(a, grp, t, row0, nr);
+    if (t < a.n_tokens) q6k_tile<1>(a, grp, t, row0, nr);
+  }
+}
+
 void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
@@ -219,7 +292,7 @@ void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 
 const PackedGemmOps& packed_gemm_ops_avx2() {
   static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm};
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm, &q6k_gemm};
   return ops;
 }
 

@@ -28,6 +28,20 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// w + value in byte k of lane r where bit 4j+k of the lane's 32-bit plane word is set (step
+// j's columns 4j..4j+3): byte j/2 of the word, bit 4(j%2)+k, found by a byte shuffle and a test.
+inline __m512i add_plane(__m512i plane, int j, __m512i w, char value) {
+  const __m512i pick = _mm512_add_epi8(_mm512_set1_epi8(static_cast<char>(j / 2)),
+                                       _mm512_set_epi8(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                       12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                       12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
+                                                       12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0));
+  const int sh = 4 * (j % 2);
+  const __m512i bits = _mm512_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
+  const __mmask64 set = _mm512_test_epi8_mask(_mm512_shuffle_epi8(plane, pick), bits);
+  return _mm512_mask_add_epi8(w, set, w, _mm512_set1_epi8(value));
+}
+
 // The eight steps of one packed block.
 template <class L>
 inline void unpack(const uint8_t* q, __m512i w[8]) {
@@ -48,22 +62,9 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
       for (int j = 0; j < 8; ++j) w[j] = _mm512_shuffle_epi8(lut, w[j]);
     }
     if constexpr (L::kQh) {
-      // Step j needs bit 4j+k of each row's qh word in byte k of its lane: byte j/2 of the
-      // word, bit 4(j%2)+k.
       const __m512i qh = _mm512_load_si512(q + 64 * L::kChunks);
-      const __m512i x10 = _mm512_set1_epi8(0x10);
 #pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-        const __m512i pick = _mm512_add_epi8(_mm512_set1_epi8(static_cast<char>(j / 2)),
-                                             _mm512_set_epi8(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
-                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
-                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0,  //
-                                                             12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0));
-        const int sh = 4 * (j % 2);
-        const __m512i bits = _mm512_set1_epi32(static_cast<int>((1u << sh) | (2u << sh) << 8 | (4u << sh) << 16 | (8u << sh) << 24));
-        const __mmask64 set = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, pick), bits);
-        w[j] = _mm512_mask_add_epi8(w[j], set, w[j], x10);
-      }
+      for (int j = 0; j < 8; ++j) w[j] = add_plane(qh, j, w[j], 0x10);
     }
   }
 }
@@ -213,6 +214,77 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
+// Q6_K (repack_layout.h): per sub-block, the 8 steps are nibbles plus two bit planes; each
+// 16-column group's exact dot starts at -32 * (its activation sum) and is scaled by vpmulld.
+template <int T>
+void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+  using packed::Q6K;
+  const quant::BlockQ8K* act[T];
+  __m512 acc[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+    acc[t] = _mm512_setzero_ps();
+  }
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  for (int64_t sb = 0; sb < a.nb; ++sb) {
+    const uint8_t* blk = grp + sb * Q6K::kBytes;
+    __m512i isum[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* sub = blk + Q6K::kSub * j;
+      __m512i w[8];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_load_si512(sub + 64 * c);
+        w[c] = _mm512_and_si512(v, m4);
+        w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      }
+      const __m512i b4 = _mm512_load_si512(sub + 256), b5 = _mm512_load_si512(sub + 320);
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) w[k] = add_plane(b5, k, add_plane(b4, k, w[k], 0x10), 0x20);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const int gi = 2 * j + h;
+        const __m512i sc = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + Q6K::kScales + 16 * gi)));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const int8_t* y = act[t][sb].qs + 16 * gi;
+          __m512i s = _mm512_set1_epi32(-32 * act[t][sb].bsums[gi]);
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; ++k) s = _mm512_dpbusd_epi32(s, w[4 * h + k], bcast4(y + 4 * k));
+          isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s, sc));
+        }
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + Q6K::kD)));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(act[t][sb].d)), acc[t]);
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+}
+
+void q6k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  constexpr int kT = 4;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    int64_t t = 0;
+    for (; t + kT <= a.n_tokens; t += kT) q6k_tile<kT>(a, grp, t, row0, mask);
+    switch (a.n_tokens - t) {
+      case 3: q6k_tile<3>(a, grp, t, row0, mask); break;
+      case 2: q6k_tile<2>(a, grp, t, row0, mask); break;
+      case 1: q6k_tile<1>(a, grp, t, row0, mask); break;
+      default: break;
+    }
+  }
+}
+
 void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 4;
   for (int64_t g = g0; g < g1; ++g) {
@@ -235,7 +307,7 @@ void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 
 const PackedGemmOps& packed_gemm_ops_avx512() {
   static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm};
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm, &q6k_gemm};
   return ops;
 }
 
