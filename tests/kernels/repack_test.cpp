@@ -228,14 +228,49 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   }
 }
 
-// Q4_K: every path against the contract of repack_layout.h, computed from ggml's block layout
-// (whose decoding is checked against the reference dequantizer), with Q8_K activations.
-TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
+// Packs m (rows x cols of K-quant type t) and runs every path's product on random Q8_K
+// activations for several token counts; each output must equal expected(row, activation
+// blocks) bit for bit.
+template <class F>
+void expect_kquant_paths(GgmlType t, const std::vector<uint8_t>& m, int64_t rows, int64_t cols, std::mt19937& rng,
+                         F expected) {
   std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
   if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
   if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
-  std::mt19937 rng(11);
+  const int64_t nsb = cols / 256;
+  const WeightView w{t, m.data(), rows, cols, static_cast<int64_t>(m.size()) / rows};
+  std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(t, rows, cols)) + 64);
+  uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+  const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+  pack_groups(w, p, 0, groups);
   std::normal_distribution<float> nd(0.f, 1.f);
+  for (int64_t n_tokens : {1, 2, 3, 5, 9}) {
+    const int64_t stride = quantized_act_bytes(ActFormat::kQ8_K, cols);
+    std::vector<uint8_t> act(static_cast<size_t>(n_tokens * stride));
+    std::vector<float> xv(static_cast<size_t>(cols));
+    for (int64_t tok = 0; tok < n_tokens; ++tok) {
+      for (auto& v : xv) v = nd(rng);
+      quantize_act(ActFormat::kQ8_K, xv.data(), act.data() + tok * stride, cols);
+    }
+    for (auto [ops, name] : paths) {
+      std::vector<float> y(static_cast<size_t>(n_tokens * rows), -1.f);
+      const PackedGemmArgs args{p, nsb, act.data(), stride, nullptr, nullptr, n_tokens, y.data(), rows, rows};
+      packed_gemm_pick(*ops, t)(args, 0, groups);
+      for (int64_t tok = 0; tok < n_tokens; ++tok)
+        for (int64_t r = 0; r < rows; ++r) {
+          const float e = expected(r, reinterpret_cast<const quant::BlockQ8K*>(act.data() + tok * stride));
+          ASSERT_EQ(f32_to_bits(y[static_cast<size_t>(tok * rows + r)]), f32_to_bits(e))
+              << name << " " << formats::type_name(t) << " rows " << rows << " cols " << cols << " tokens "
+              << n_tokens << " at (" << tok << ", " << r << ")";
+        }
+    }
+  }
+}
+
+// Q4_K: every path against the contract of repack_layout.h, computed from ggml's block layout
+// (whose decoding is checked against the reference dequantizer), with Q8_K activations.
+TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
+  std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(0.0005f, 0.005f);
   for (int64_t rows : {16, 40}) {
     for (int64_t cols : {256, 768}) {
@@ -261,48 +296,25 @@ TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
           ASSERT_EQ(want, deq[static_cast<size_t>(sb * 256 + c)]) << c;
         }
       }
-      WeightView w{GgmlType::Q4_K, m.data(), rows, cols, rb};
-      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(GgmlType::Q4_K, rows, cols)) + 64);
-      uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
-      const int64_t groups = (rows + kPackRows - 1) / kPackRows;
-      pack_groups(w, p, 0, groups);
-      for (int64_t n_tokens : {1, 2, 3, 5, 9}) {
-        const int64_t stride = quantized_act_bytes(ActFormat::kQ8_K, cols);
-        std::vector<uint8_t> act(static_cast<size_t>(n_tokens * stride));
-        std::vector<float> xv(static_cast<size_t>(cols));
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          for (auto& v : xv) v = nd(rng);
-          quantize_act(ActFormat::kQ8_K, xv.data(), act.data() + t * stride, cols);
-        }
-        for (auto [ops, name] : paths) {
-          std::vector<float> y(static_cast<size_t>(n_tokens * rows), -1.f);
-          const PackedGemmArgs args{p, nsb, act.data(), stride, nullptr, nullptr, n_tokens, y.data(), rows, rows};
-          ops->q4_k(args, 0, groups);
-          for (int64_t t = 0; t < n_tokens; ++t) {
-            const auto* ya = reinterpret_cast<const quant::BlockQ8K*>(act.data() + t * stride);
-            for (int64_t r = 0; r < rows; ++r) {
-              const auto* x = reinterpret_cast<const quant::BlockQ4K*>(m.data() + r * rb);
-              float acc = 0.f;
-              for (int64_t sb = 0; sb < nsb; ++sb) {
-                uint8_t sc[8], mn[8];
-                quant::ref::unpack_scale_min_k4(x[sb].scales, sc, mn);
-                int32_t isum = 0, imin = 0;
-                for (int j = 0; j < 8; ++j) {
-                  int32_t dot = 0;
-                  for (int c = 0; c < 32; ++c)
-                    dot += ((x[sb].qs[32 * (j / 2) + c] >> (4 * (j % 2))) & 0x0F) * ya[sb].qs[32 * j + c];
-                  isum += sc[j] * dot;
-                  imin += mn[j] * (ya[sb].bsums[2 * j] + ya[sb].bsums[2 * j + 1]);
-                }
-                acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
-                acc = std::fma(-static_cast<float>(imin), fp16_to_f32(x[sb].dmin) * ya[sb].d, acc);
-              }
-              ASSERT_EQ(f32_to_bits(y[static_cast<size_t>(t * rows + r)]), f32_to_bits(acc))
-                  << name << " rows " << rows << " cols " << cols << " tokens " << n_tokens << " at (" << t << ", " << r << ")";
-            }
+      expect_kquant_paths(GgmlType::Q4_K, m, rows, cols, rng, [&](int64_t r, const quant::BlockQ8K* ya) {
+        const auto* x = reinterpret_cast<const quant::BlockQ4K*>(m.data() + r * rb);
+        float acc = 0.f;
+        for (int64_t sb = 0; sb < nsb; ++sb) {
+          uint8_t sc[8], mn[8];
+          quant::ref::unpack_scale_min_k4(x[sb].scales, sc, mn);
+          int32_t isum = 0, imin = 0;
+          for (int j = 0; j < 8; ++j) {
+            int32_t dot = 0;
+            for (int c = 0; c < 32; ++c)
+              dot += ((x[sb].qs[32 * (j / 2) + c] >> (4 * (j % 2))) & 0x0F) * ya[sb].qs[32 * j + c];
+            isum += sc[j] * dot;
+            imin += mn[j] * (ya[sb].bsums[2 * j] + ya[sb].bsums[2 * j + 1]);
           }
+          acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
+          acc = std::fma(-static_cast<float>(imin), fp16_to_f32(x[sb].dmin) * ya[sb].d, acc);
         }
-      }
+        return acc;
+      });
     }
   }
 }
@@ -310,11 +322,7 @@ TEST(RepackQ4KKernelTest, EveryPathMatchesTheContractBitForBit) {
 // Q6_K: every path against repack_layout.h's contract, from ggml's block layout (decoded in
 // ggml's loop order and checked against the reference dequantizer), with Q8_K activations.
 TEST(RepackQ6KKernelTest, EveryPathMatchesTheContractBitForBit) {
-  std::vector<std::pair<const PackedGemmOps*, const char*>> paths{{&packed_gemm_ops_scalar(), "scalar"}};
-  if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
-  if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
   std::mt19937 rng(12);
-  std::normal_distribution<float> nd(0.f, 1.f);
   std::uniform_real_distribution<float> u(0.0005f, 0.005f);
   for (int64_t rows : {16, 40}) {
     for (int64_t cols : {256, 768}) {
@@ -347,44 +355,20 @@ TEST(RepackQ6KKernelTest, EveryPathMatchesTheContractBitForBit) {
         const auto& x = reinterpret_cast<const quant::BlockQ6K*>(m.data())[c / 256];
         ASSERT_EQ(fp16_to_f32(x.d) * (x.scales[(c % 256) / 16] * q[static_cast<size_t>(c)]), deq[static_cast<size_t>(c)]) << c;
       }
-      WeightView w{GgmlType::Q6_K, m.data(), rows, cols, rb};
-      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(GgmlType::Q6_K, rows, cols)) + 64);
-      uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
-      const int64_t groups = (rows + kPackRows - 1) / kPackRows;
-      pack_groups(w, p, 0, groups);
-      for (int64_t n_tokens : {1, 2, 3, 5, 9}) {
-        const int64_t stride = quantized_act_bytes(ActFormat::kQ8_K, cols);
-        std::vector<uint8_t> act(static_cast<size_t>(n_tokens * stride));
-        std::vector<float> xv(static_cast<size_t>(cols));
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          for (auto& v : xv) v = nd(rng);
-          quantize_act(ActFormat::kQ8_K, xv.data(), act.data() + t * stride, cols);
-        }
-        for (auto [ops, name] : paths) {
-          std::vector<float> y(static_cast<size_t>(n_tokens * rows), -1.f);
-          const PackedGemmArgs args{p, nsb, act.data(), stride, nullptr, nullptr, n_tokens, y.data(), rows, rows};
-          ops->q6_k(args, 0, groups);
-          for (int64_t t = 0; t < n_tokens; ++t) {
-            const auto* ya = reinterpret_cast<const quant::BlockQ8K*>(act.data() + t * stride);
-            for (int64_t r = 0; r < rows; ++r) {
-              const auto* x = reinterpret_cast<const quant::BlockQ6K*>(m.data() + r * rb);
-              float acc = 0.f;
-              for (int64_t sb = 0; sb < nsb; ++sb) {
-                int32_t isum = 0;
-                for (int g = 0; g < 16; ++g) {
-                  int32_t dot = 0;
-                  for (int c = 16 * g; c < 16 * g + 16; ++c)
-                    dot += q[static_cast<size_t>(r * cols + sb * 256 + c)] * ya[sb].qs[c];
-                  isum += x[sb].scales[g] * dot;
-                }
-                acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
-              }
-              ASSERT_EQ(f32_to_bits(y[static_cast<size_t>(t * rows + r)]), f32_to_bits(acc))
-                  << name << " rows " << rows << " cols " << cols << " tokens " << n_tokens << " at (" << t << ", " << r << ")";
-            }
+      expect_kquant_paths(GgmlType::Q6_K, m, rows, cols, rng, [&](int64_t r, const quant::BlockQ8K* ya) {
+        const auto* x = reinterpret_cast<const quant::BlockQ6K*>(m.data() + r * rb);
+        float acc = 0.f;
+        for (int64_t sb = 0; sb < nsb; ++sb) {
+          int32_t isum = 0;
+          for (int g = 0; g < 16; ++g) {
+            int32_t dot = 0;
+            for (int c = 16 * g; c < 16 * g + 16; ++c) dot += q[static_cast<size_t>(r * cols + sb * 256 + c)] * ya[sb].qs[c];
+            isum += x[sb].scales[g] * dot;
           }
+          acc = std::fma(static_cast<float>(isum), fp16_to_f32(x[sb].d) * ya[sb].d, acc);
         }
-      }
+        return acc;
+      });
     }
   }
 }

@@ -110,64 +110,76 @@ void pack_type(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   }
 }
 
-void pack_q4k(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
-  using packed::Q4K;
+// The loops shared by the K-quant packers: pack_block(blk, r, row's block sb) for every present
+// row and super-block of groups [g0, g1); missing rows stay zero.
+template <class K, class Block, class F>
+void pack_kquant(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1, F pack_block) {
   const int64_t nsb = w.cols / quant::kQKK;
   for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* grp = dst + g * packed::q4k_group_stride(nsb);
-    std::memset(grp, 0, static_cast<size_t>(packed::q4k_group_stride(nsb)));
+    uint8_t* grp = dst + g * nsb * K::kBytes;
+    std::memset(grp, 0, static_cast<size_t>(nsb * K::kBytes));
     for (int r = 0; r < kPackRows; ++r) {
       const int64_t row = g * kPackRows + r;
       if (row >= w.rows) continue;
-      const auto* x = reinterpret_cast<const quant::BlockQ4K*>(w.data + row * w.row_bytes);
-      for (int64_t sb = 0; sb < nsb; ++sb) {
-        uint8_t* blk = grp + sb * Q4K::kBytes;
-        for (int p = 0; p < 4; ++p)
-          for (int j = 0; j < 8; ++j) std::memcpy(blk + 512 * p + 64 * j + 4 * r, x[sb].qs + 32 * p + 4 * j, 4);
-        uint8_t sc[8], mn[8];
-        quant::ref::unpack_scale_min_k4(x[sb].scales, sc, mn);
-        for (int j = 0; j < 8; ++j) {
-          blk[Q4K::kScales + 16 * j + r] = sc[j];
-          blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] = mn[j];
-        }
-        std::memcpy(blk + Q4K::kD + 2 * r, &x[sb].d, 2);
-        std::memcpy(blk + Q4K::kDmin + 2 * r, &x[sb].dmin, 2);
-      }
+      const auto* x = reinterpret_cast<const Block*>(w.data + row * w.row_bytes);
+      for (int64_t sb = 0; sb < nsb; ++sb) pack_block(grp + sb * K::kBytes, r, x[sb]);
     }
   }
 }
 
-void gemm_q4k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  using packed::Q4K;
+// The loops shared by the scalar K-quant products: acc = step(blk, r, activation block, acc)
+// per super-block, in order, for every output.
+template <class K, class F>
+void gemm_kquant_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1, F step) {
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
+    const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
     for (int64_t t = 0; t < a.n_tokens; ++t) {
       const auto* y = reinterpret_cast<const quant::BlockQ8K*>(a.act + t * a.act_stride);
       for (int r = 0; r < nr; ++r) {
         float acc = 0.0f;
-        for (int64_t sb = 0; sb < a.nb; ++sb) {
-          const uint8_t* blk = grp + sb * Q4K::kBytes;
-          int32_t isum = 0, imin = 0;
-          for (int j = 0; j < 8; ++j) {
-            int32_t s = 0;
-            for (int c = 0; c < 32; ++c) {
-              const uint8_t byte = blk[512 * (j / 2) + 64 * (c / 4) + 4 * r + c % 4];
-              s += ((j % 2) ? byte >> 4 : byte & 0x0F) * y[sb].qs[32 * j + c];
-            }
-            isum += blk[Q4K::kScales + 16 * j + r] * s;
-            imin += blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] * (y[sb].bsums[2 * j] + y[sb].bsums[2 * j + 1]);
-          }
-          uint16_t d, dmin;
-          std::memcpy(&d, blk + Q4K::kD + 2 * r, 2);
-          std::memcpy(&dmin, blk + Q4K::kDmin + 2 * r, 2);
-          acc = std::fma(static_cast<float>(isum), fp16_to_f32(d) * y[sb].d, acc);
-          acc = std::fma(-static_cast<float>(imin), fp16_to_f32(dmin) * y[sb].d, acc);
-        }
+        for (int64_t sb = 0; sb < a.nb; ++sb) acc = step(grp + sb * K::kBytes, r, y[sb], acc);
         a.y[t * a.ldy + g * kPackRows + r] = acc;
       }
     }
   }
+}
+
+void pack_q4k(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
+  using packed::Q4K;
+  pack_kquant<Q4K, quant::BlockQ4K>(w, dst, g0, g1, [](uint8_t* blk, int r, const quant::BlockQ4K& x) {
+    for (int p = 0; p < 4; ++p)
+      for (int j = 0; j < 8; ++j) std::memcpy(blk + 512 * p + 64 * j + 4 * r, x.qs + 32 * p + 4 * j, 4);
+    uint8_t sc[8], mn[8];
+    quant::ref::unpack_scale_min_k4(x.scales, sc, mn);
+    for (int j = 0; j < 8; ++j) {
+      blk[Q4K::kScales + 16 * j + r] = sc[j];
+      blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] = mn[j];
+    }
+    std::memcpy(blk + Q4K::kD + 2 * r, &x.d, 2);
+    std::memcpy(blk + Q4K::kDmin + 2 * r, &x.dmin, 2);
+  });
+}
+
+void gemm_q4k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  using packed::Q4K;
+  gemm_kquant_scalar<Q4K>(a, g0, g1, [](const uint8_t* blk, int r, const quant::BlockQ8K& y, float acc) {
+    int32_t isum = 0, imin = 0;
+    for (int j = 0; j < 8; ++j) {
+      int32_t s = 0;
+      for (int c = 0; c < 32; ++c) {
+        const uint8_t byte = blk[512 * (j / 2) + 64 * (c / 4) + 4 * r + c % 4];
+        s += ((j % 2) ? byte >> 4 : byte & 0x0F) * y.qs[32 * j + c];
+      }
+      isum += blk[Q4K::kScales + 16 * j + r] * s;
+      imin += blk[Q4K::kMins + 32 * (j / 2) + 2 * r + j % 2] * (y.bsums[2 * j] + y.bsums[2 * j + 1]);
+    }
+    uint16_t d, dmin;
+    std::memcpy(&d, blk + Q4K::kD + 2 * r, 2);
+    std::memcpy(&dmin, blk + Q4K::kDmin + 2 * r, 2);
+    acc = std::fma(static_cast<float>(isum), fp16_to_f32(d) * y.d, acc);
+    return std::fma(-static_cast<float>(imin), fp16_to_f32(dmin) * y.d, acc);
+  });
 }
 
 // Column e (0..255) of a Q6_K block: the 6-bit q (ggml's layout: halves of 128, in each the 32
@@ -182,71 +194,48 @@ uint8_t q6k_value(const quant::BlockQ6K& x, int e) {
 
 void pack_q6k(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   using packed::Q6K;
-  const int64_t nsb = w.cols / quant::kQKK;
-  for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* grp = dst + g * packed::q6k_group_stride(nsb);
-    std::memset(grp, 0, static_cast<size_t>(packed::q6k_group_stride(nsb)));
-    for (int r = 0; r < kPackRows; ++r) {
-      const int64_t row = g * kPackRows + r;
-      if (row >= w.rows) continue;
-      const auto* x = reinterpret_cast<const quant::BlockQ6K*>(w.data + row * w.row_bytes);
-      for (int64_t sb = 0; sb < nsb; ++sb) {
-        uint8_t* blk = grp + sb * Q6K::kBytes;
-        for (int j = 0; j < 8; ++j) {
-          uint8_t u[32];
-          uint32_t b4 = 0, b5 = 0;
-          for (int c = 0; c < 32; ++c) {
-            u[c] = q6k_value(x[sb], 32 * j + c);
-            b4 |= static_cast<uint32_t>((u[c] >> 4) & 1) << c;
-            b5 |= static_cast<uint32_t>((u[c] >> 5) & 1) << c;
-          }
-          uint8_t* sub = blk + Q6K::kSub * j;
-          for (int c = 0; c < 4; ++c)
-            for (int k = 0; k < 4; ++k)
-              sub[64 * c + 4 * r + k] = static_cast<uint8_t>((u[4 * c + k] & 0x0F) | (u[16 + 4 * c + k] & 0x0F) << 4);
-          std::memcpy(sub + 256 + 4 * r, &b4, 4);
-          std::memcpy(sub + 320 + 4 * r, &b5, 4);
-        }
-        for (int gi = 0; gi < 16; ++gi) blk[Q6K::kScales + 16 * gi + r] = static_cast<uint8_t>(x[sb].scales[gi]);
-        std::memcpy(blk + Q6K::kD + 2 * r, &x[sb].d, 2);
+  pack_kquant<Q6K, quant::BlockQ6K>(w, dst, g0, g1, [](uint8_t* blk, int r, const quant::BlockQ6K& x) {
+    for (int j = 0; j < 8; ++j) {
+      uint8_t u[32];
+      uint32_t b4 = 0, b5 = 0;
+      for (int c = 0; c < 32; ++c) {
+        u[c] = q6k_value(x, 32 * j + c);
+        b4 |= static_cast<uint32_t>((u[c] >> 4) & 1) << c;
+        b5 |= static_cast<uint32_t>((u[c] >> 5) & 1) << c;
       }
+      uint8_t* sub = blk + Q6K::kSub * j;
+      for (int c = 0; c < 4; ++c)
+        for (int k = 0; k < 4; ++k)
+          sub[64 * c + 4 * r + k] = static_cast<uint8_t>((u[4 * c + k] & 0x0F) | (u[16 + 4 * c + k] & 0x0F) << 4);
+      std::memcpy(sub + 256 + 4 * r, &b4, 4);
+      std::memcpy(sub + 320 + 4 * r, &b5, 4);
     }
-  }
+    for (int gi = 0; gi < 16; ++gi) blk[Q6K::kScales + 16 * gi + r] = static_cast<uint8_t>(x.scales[gi]);
+    std::memcpy(blk + Q6K::kD + 2 * r, &x.d, 2);
+  });
 }
 
 void gemm_q6k_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   using packed::Q6K;
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
-    const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
-    for (int64_t t = 0; t < a.n_tokens; ++t) {
-      const auto* y = reinterpret_cast<const quant::BlockQ8K*>(a.act + t * a.act_stride);
-      for (int r = 0; r < nr; ++r) {
-        float acc = 0.0f;
-        for (int64_t sb = 0; sb < a.nb; ++sb) {
-          const uint8_t* blk = grp + sb * Q6K::kBytes;
-          int32_t isum = 0;
-          for (int gi = 0; gi < 16; ++gi) {
-            const uint8_t* sub = blk + Q6K::kSub * (gi / 2);
-            uint32_t b4, b5;
-            std::memcpy(&b4, sub + 256 + 4 * r, 4);
-            std::memcpy(&b5, sub + 320 + 4 * r, 4);
-            int32_t dot = 0;
-            for (int c = 16 * (gi % 2); c < 16 * (gi % 2) + 16; ++c) {
-              const uint8_t byte = sub[64 * ((c % 16) / 4) + 4 * r + c % 4];
-              const int u = (c < 16 ? byte & 0x0F : byte >> 4) | ((b4 >> c) & 1) << 4 | ((b5 >> c) & 1) << 5;
-              dot += u * y[sb].qs[16 * gi + c % 16];
-            }
-            isum += static_cast<int8_t>(blk[Q6K::kScales + 16 * gi + r]) * (dot - 32 * y[sb].bsums[gi]);
-          }
-          uint16_t d;
-          std::memcpy(&d, blk + Q6K::kD + 2 * r, 2);
-          acc = std::fma(static_cast<float>(isum), fp16_to_f32(d) * y[sb].d, acc);
-        }
-        a.y[t * a.ldy + g * kPackRows + r] = acc;
+  gemm_kquant_scalar<Q6K>(a, g0, g1, [](const uint8_t* blk, int r, const quant::BlockQ8K& y, float acc) {
+    int32_t isum = 0;
+    for (int gi = 0; gi < 16; ++gi) {
+      const uint8_t* sub = blk + Q6K::kSub * (gi / 2);
+      uint32_t b4, b5;
+      std::memcpy(&b4, sub + 256 + 4 * r, 4);
+      std::memcpy(&b5, sub + 320 + 4 * r, 4);
+      int32_t dot = 0;
+      for (int c = 16 * (gi % 2); c < 16 * (gi % 2) + 16; ++c) {
+        const uint8_t byte = sub[64 * ((c % 16) / 4) + 4 * r + c % 4];
+        const int u = (c < 16 ? byte & 0x0F : byte >> 4) | ((b4 >> c) & 1) << 4 | ((b5 >> c) & 1) << 5;
+        dot += u * y.qs[16 * gi + c % 16];
       }
+      isum += static_cast<int8_t>(blk[Q6K::kScales + 16 * gi + r]) * (dot - 32 * y.bsums[gi]);
     }
-  }
+    uint16_t d;
+    std::memcpy(&d, blk + Q6K::kD + 2 * r, 2);
+    return std::fma(static_cast<float>(isum), fp16_to_f32(d) * y.d, acc);
+  });
 }
 
 // The signed weight of column c of row r in packed block q (which starts at the block).
@@ -317,8 +306,8 @@ int64_t packed_group_bytes(GgmlType t, int64_t cols) {
     case GgmlType::Q8_0: return stride_of<packed::Q8_0>(nb);
     case GgmlType::MXFP4: return stride_of<packed::Mxfp4>(nb);
     case GgmlType::NVFP4: return stride_of<packed::Nvfp4>(nb);
-    case GgmlType::Q4_K: return packed::q4k_group_stride(cols / quant::kQKK);
-    case GgmlType::Q6_K: return packed::q6k_group_stride(cols / quant::kQKK);
+    case GgmlType::Q4_K: return cols / quant::kQKK * packed::Q4K::kBytes;
+    case GgmlType::Q6_K: return cols / quant::kQKK * packed::Q6K::kBytes;
     default: return 0;
   }
 }

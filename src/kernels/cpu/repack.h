@@ -12,10 +12,12 @@
 // Types: Q4_0, Q5_0, Q8_0 (ggml's layouts, one fp16 scale per 32 columns), the FP4 types
 // MXFP4 (E8M0 scale per 32) and NVFP4 (UE4M3 scale per 16), whose products exist only packed,
 // and Q4_K (per super-block of 256 columns: exact integer sums over its 8 scaled sub-blocks,
-// then two fma steps, for the scales and for the mins; Q4_K takes 2.8% more memory).
+// then two fma steps, for the scales and for the mins; Q4_K takes 2.8% more memory) and Q6_K
+// (exact integer sums over its 16 scaled groups, one fma step; 1% more memory).
 // Memory: Q4_0, Q5_0 and Q8_0 take the bytes of the original rows; MXFP4 18 bytes per 32 columns
 // instead of 17 and NVFP4 20 instead of 18 (their scales widened to bf16 / fp16); Q6_K 1% and Q4_K
-// 2.8% more; plus padding to 16 rows and 64 bytes. The mmapped originals of packed matrices are then not read.
+// 2.8% more; plus padding to 16 rows and 64 bytes. The mmapped originals of packed matrices are
+// then not read.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +33,8 @@ namespace fennec::kernels {
 
 inline constexpr int kPackRows = 16;
 
-// Types with a packed form: Q4_K (Q8_K activations, nb = super-blocks of 256 columns, no side
-// data) and the others (Q8_0 activations).
+// Types with a packed form: Q4_K and Q6_K (Q8_K activations, nb = super-blocks of 256 columns,
+// no side data) and the others (Q8_0 activations).
 bool can_pack(formats::GgmlType t);
 // Bytes of one 16-row group, and of the whole packed matrix.
 int64_t packed_group_bytes(formats::GgmlType t, int64_t cols);
@@ -59,7 +61,7 @@ struct PackedGemmArgs {
 // Computes the outputs of row groups [g0, g1) for every token.
 using PackedGemmFn = void (*)(const PackedGemmArgs& a, int64_t g0, int64_t g1);
 struct PackedGemmOps {
-  PackedGemmFn q4_0, q5_0, q8_0, mxfp4, nvfp4, q4_k;
+  PackedGemmFn q4_0, q5_0, q8_0, mxfp4, nvfp4, q4_k, q6_k;
 };
 const PackedGemmOps& packed_gemm_ops();  // the active SIMD level's
 const PackedGemmOps& packed_gemm_ops_scalar();

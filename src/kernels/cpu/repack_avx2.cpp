@@ -194,17 +194,6 @@ void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
-template <int T>
-void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
-  alignas(32) float out[2][T][8];
-  q4k_half<T>(a, grp, 0, t0, &out[0][0][0]);
-  if (nr > 8) q4k_half<T>(a, grp, 1, t0, &out[1][0][0]);
-  for (int t = 0; t < T; ++t) {
-    float* y = a.y + (t0 + t) * a.ldy + row0;
-    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
-  }
-}
-
 // Q6_K: u <= 63, so two steps of int16 pair sums stay below 2 * 2 * 63 * 128 = 32256 before
 // vpmaddwd; each 16-column group starts at -32 * its activation sum, scaled by vpmulld.
 template <int T>
@@ -255,36 +244,42 @@ void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
-template <int T>
-void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
+// The K-quant products: groups of two 8-row halves, tiles of 2 tokens and the rest.
+struct Q4KHalves {
+  static constexpr int64_t kBytes = packed::Q4K::kBytes;
+  template <int T>
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+    q4k_half<T>(a, grp, h, t0, out);
+  }
+};
+struct Q6KHalves {
+  static constexpr int64_t kBytes = packed::Q6K::kBytes;
+  template <int T>
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+    q6k_half<T>(a, grp, h, t0, out);
+  }
+};
+
+template <class K, int T>
+void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
   alignas(32) float out[2][T][8];
-  q6k_half<T>(a, grp, 0, t0, &out[0][0][0]);
-  if (nr > 8) q6k_half<T>(a, grp, 1, t0, &out[1][0][0]);
+  K::template run<T>(a, grp, 0, t0, &out[0][0][0]);
+  if (nr > 8) K::template run<T>(a, grp, 1, t0, &out[1][0][0]);
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
   }
 }
 
-void q6k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+template <class K>
+void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
+    const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) q6k_tile<2>(a, grp, t, row0, nr);
-    if (t < a.n_tokens) q6k_tile<1>(a, grp, t, row0, nr);
-  }
-}
-
-void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
-    const int64_t row0 = g * kPackRows;
-    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
-    int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) q4k_tile<2>(a, grp, t, row0, nr);
-    if (t < a.n_tokens) q4k_tile<1>(a, grp, t, row0, nr);
+    for (; t + 2 <= a.n_tokens; t += 2) kquant_tile<K, 2>(a, grp, t, row0, nr);
+    if (t < a.n_tokens) kquant_tile<K, 1>(a, grp, t, row0, nr);
   }
 }
 
@@ -292,7 +287,8 @@ void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 
 const PackedGemmOps& packed_gemm_ops_avx2() {
   static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm, &q6k_gemm};
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &kquant_gemm<Q4KHalves>,
+                                 &kquant_gemm<Q6KHalves>};
   return ops;
 }
 

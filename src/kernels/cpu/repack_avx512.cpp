@@ -267,37 +267,36 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
-void q6k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  constexpr int kT = 4;
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q6k_group_stride(a.nb);
-    const int64_t row0 = g * kPackRows;
-    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) q6k_tile<kT>(a, grp, t, row0, mask);
-    switch (a.n_tokens - t) {
-      case 3: q6k_tile<3>(a, grp, t, row0, mask); break;
-      case 2: q6k_tile<2>(a, grp, t, row0, mask); break;
-      case 1: q6k_tile<1>(a, grp, t, row0, mask); break;
-      default: break;
-    }
+// The K-quant products: groups, then tiles of 4 tokens and the rest.
+struct Q4KTiles {
+  static constexpr int64_t kBytes = packed::Q4K::kBytes;
+  template <int T>
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+    q4k_tile<T>(a, grp, t0, row0, mask);
   }
-}
+};
+struct Q6KTiles {
+  static constexpr int64_t kBytes = packed::Q6K::kBytes;
+  template <int T>
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+    q6k_tile<T>(a, grp, t0, row0, mask);
+  }
+};
 
-void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+template <class K>
+void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 4;
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * packed::q4k_group_stride(a.nb);
+    const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) q4k_tile<kT>(a, grp, t, row0, mask);
+    for (; t + kT <= a.n_tokens; t += kT) K::template run<kT>(a, grp, t, row0, mask);
     switch (a.n_tokens - t) {
-      case 3: q4k_tile<3>(a, grp, t, row0, mask); break;
-      case 2: q4k_tile<2>(a, grp, t, row0, mask); break;
-      case 1: q4k_tile<1>(a, grp, t, row0, mask); break;
+      case 3: K::template run<3>(a, grp, t, row0, mask); break;
+      case 2: K::template run<2>(a, grp, t, row0, mask); break;
+      case 1: K::template run<1>(a, grp, t, row0, mask); break;
       default: break;
     }
   }
@@ -307,7 +306,8 @@ void q4k_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 
 const PackedGemmOps& packed_gemm_ops_avx512() {
   static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
-                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &q4k_gemm, &q6k_gemm};
+                                 &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &kquant_gemm<Q4KTiles>,
+                                 &kquant_gemm<Q6KTiles>};
   return ops;
 }
 

@@ -54,7 +54,6 @@ struct Q4K {
   static constexpr int64_t kQuants = 2048, kScales = kQuants, kMins = kScales + 128, kD = kMins + 128,
                            kDmin = kD + 32, kBytes = kDmin + 32;
 };
-inline constexpr int64_t q4k_group_stride(int64_t n_superblocks) { return n_superblocks * Q4K::kBytes; }
 
 // Q6_K, per 256-column super-block of a group (3392 bytes: 3360 and padding to 64): for each
 // 32-column sub-block j, 4 vectors of nibbles (the 6-bit u = q + 32, low 4 bits, arranged as
@@ -66,7 +65,6 @@ inline constexpr int64_t q4k_group_stride(int64_t n_superblocks) { return n_supe
 struct Q6K {
   static constexpr int64_t kSub = 6 * 64, kScales = 8 * kSub, kD = kScales + 256, kBytes = kD + 32 + 32;
 };
-inline constexpr int64_t q6k_group_stride(int64_t n_superblocks) { return n_superblocks * Q6K::kBytes; }
 
 // u for each E2M1 code: ggml's doubled values (kE2M1Doubled) + 12, so unsigned.
 inline constexpr uint8_t kE2M1Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
