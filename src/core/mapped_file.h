@@ -24,6 +24,8 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // True for a file map (whose pages may be released and read again), false for from_bytes.
+  bool mapped() const { return mapped_; }
 
  private:
   MappedFile() = default;

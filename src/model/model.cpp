@@ -179,9 +179,10 @@ Expected<Weights> load_decoder_weights(const Loader& l, const HParams& hp) {
 }
 
 int64_t Model::pack_weights(ThreadPool& pool) {
+  const bool mapped = gguf_->file()->mapped();
   for (LayerWeights& l : w_.layers)
-    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) packed_.pack(*v, pool);
-  packed_.pack(w_.output, pool);
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) packed_.pack(*v, pool, mapped);
+  packed_.pack(w_.output, pool, mapped);
   return packed_.bytes();
 }
 

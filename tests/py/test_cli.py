@@ -101,7 +101,8 @@ def test_perplexity_within_one_percent_of_llama_perplexity(fennec, name, model):
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA], ids=["smollm2", "gemma3"])
 def test_weights_are_not_copied(fennec, model):
-    """Resident memory after a run stays under file size + KV cache + 64 MiB (zero-copy mmap)."""
+    """Resident memory after a run stays under file size + KV cache + 64 MiB: weights are mapped,
+    not copied, except the matrices repacked at load, whose mapped pages are then released."""
     r = run([fennec, "run", "-m", str(model), "-p", "Hi", "-n", "4", "--temp", "0", "-c", "1024"])
     assert r.returncode == 0, r.stderr
     line = [l for l in r.stderr.splitlines() if "resident memory" in l][0]

@@ -12,8 +12,11 @@ int main(int argc, char** argv) {
   fennec::cli::add_info_command(app);
   fennec::cli::add_run_commands(app);
   fennec::cli::add_perplexity_command(app);
+  fennec::cli::add_kld_command(app);
+  fennec::cli::add_imatrix_command(app);
   fennec::cli::add_serve_command(app);
   fennec::cli::add_bench_command(app);
+  fennec::cli::add_quantize_command(app);
   fennec::cli::add_doctor_command(app);
   try {
     app.parse(argc, argv);

@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstring>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/repack_layout.h"
@@ -385,7 +388,7 @@ std::atomic<bool>& repack_flag() {
 bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }
 
-void PackedWeights::pack(WeightView& w, ThreadPool& pool) {
+void PackedWeights::pack(WeightView& w, ThreadPool& pool, bool release_mapped) {
   if (!repack_enabled() || !can_pack(w.type) || w.packed) return;
   const int64_t per_block = w.type == GgmlType::NVFP4                                ? quant::kQKNvfp4
                             : w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K ? quant::kQKK
@@ -399,6 +402,13 @@ void PackedWeights::pack(WeightView& w, ThreadPool& pool) {
   bufs_.emplace_back(p);
   bytes_ += bytes;
   w.packed = p;
+  if (!release_mapped) return;
+  // The products no longer read the mapped original: give its pages back (they stay in the page
+  // cache; get_rows of a tied embedding faults in the few rows it reads).
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(w.data) + page - 1) / page * page;
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(w.data) + static_cast<uintptr_t>(w.rows * w.row_bytes)) / page * page;
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 }  // namespace fennec::kernels

@@ -76,8 +76,11 @@ void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum)
 class PackedWeights {
  public:
   // Packs w (if can_pack(w.type) and packing is not disabled by FENNEC_REPACK=0) and points
-  // w.packed at the copy. Groups are packed in parallel on pool.
-  void pack(WeightView& w, ThreadPool& pool);
+  // w.packed at the copy. Groups are packed in parallel on pool. With release_mapped (w.data
+  // lies in a read-only file map), the original's pages are then released (madvise DONTNEED:
+  // they stay in the page cache and are read again if touched), so resident memory holds one
+  // copy; never for memory that is not a file map, whose contents DONTNEED would discard.
+  void pack(WeightView& w, ThreadPool& pool, bool release_mapped = false);
   int64_t bytes() const { return bytes_; }
 
  private:
