@@ -47,6 +47,9 @@ struct Seq {
   int32_t n_prompt = 0;          // the request's prompt
   int32_t n_feed = 0;            // tokens fed as prompt (prompt, plus generated ones after a preemption)
   int32_t n_done = 0;            // tokens whose K/V are in the cache
+  // Held and resumed (hold()): history[n_feed, n_replay) were sent already and are fed again one
+  // per step, as they were decoded, without sampling: the same bits as before the hold.
+  int32_t n_replay = 0;
   std::vector<int32_t> blocks;
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<tokenizer::IncrementalDetokenizer> detok;
@@ -75,6 +78,9 @@ struct Scheduler::Impl {
   std::deque<std::unique_ptr<Seq>> inbox;
   std::vector<uint64_t> cancels;
   bool stopping = false;
+  bool holding = false;      // hold()
+  bool fail_pending = false;  // fail_all(), done at the next step
+  std::string fail_error;
   uint64_t next_id = 1;
   int64_t n_queued = 0;  // inbox + waiting, for admission control
   SchedulerStats stats;
@@ -88,7 +94,7 @@ struct Scheduler::Impl {
   void run();
   bool step();
   bool admit(Seq& s);
-  void preempt(size_t running_index);
+  void preempt(size_t running_index, bool replay = false);
   void finish(Seq& s, SeqFinish f, std::string error = {});
   void add_text(Seq& s, const std::string& piece);
   bool ensure_page(size_t running_index, int32_t pos);
@@ -152,6 +158,8 @@ Expected<uint64_t> Scheduler::submit(SeqRequest req, SeqCallback cb, bool* queue
   {
     std::lock_guard<std::mutex> lk(impl_->mu);
     if (impl_->stopping) return make_error("the server is shutting down");
+    if (impl_->holding)
+      return make_error("the device is unhealthy and the engine is held (docs/ras.md): retry later");
     if (impl_->n_queued >= impl_->opts.max_waiting) {
       if (queue_full) *queue_full = true;
       return make_error("the request queue is full (" + std::to_string(impl_->opts.max_waiting) +
@@ -164,6 +172,24 @@ Expected<uint64_t> Scheduler::submit(SeqRequest req, SeqCallback cb, bool* queue
   }
   impl_->cv.notify_one();
   return id;
+}
+
+void Scheduler::hold(bool on) {
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->holding = on;
+    impl_->stats.held = on;
+  }
+  impl_->cv.notify_one();
+}
+
+void Scheduler::fail_all(std::string error) {
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->fail_pending = true;
+    impl_->fail_error = std::move(error);
+  }
+  impl_->cv.notify_one();
 }
 
 void Scheduler::cancel(uint64_t id) {
@@ -221,13 +247,21 @@ bool Scheduler::Impl::admit(Seq& s) {
   return true;
 }
 
-void Scheduler::Impl::preempt(size_t i) {
+void Scheduler::Impl::preempt(size_t i, bool replay) {
   std::unique_ptr<Seq> s = std::move(running[i]);
   running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
   bm.release(s->blocks);
   s->blocks.clear();
   s->n_done = 0;
-  s->n_feed = static_cast<int32_t>(s->history.size());
+  if (replay) {
+    // The prompt as it was fed, then the generated tokens one per step, as they were decoded:
+    // the K/V and the next logits come out bit for bit as they were (a prompt chunk's attention
+    // sums in another order than a one-query decode).
+    s->n_replay = static_cast<int32_t>(s->history.size());
+  } else {
+    s->n_feed = static_cast<int32_t>(s->history.size());
+    s->n_replay = 0;
+  }
   waiting.push_front(std::move(s));
   std::lock_guard<std::mutex> lk(mu);
   ++stats.preemptions;
@@ -297,8 +331,39 @@ bool Scheduler::Impl::step() {
     }
   }
 
+  // Held or failed (docs/ras.md): nothing is computed on an unhealthy device.
+  bool held = false, fail = false;
+  std::string fail_msg;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    held = holding;
+    fail = fail_pending;
+    fail_pending = false;
+    fail_msg = fail_error;
+  }
+  if (fail) {
+    for (auto& s : running) {
+      finish(*s, SeqFinish::kError, fail_msg);
+      ended.push_back(std::move(s));
+    }
+    running.clear();
+    for (auto& s : waiting) {
+      finish(*s, SeqFinish::kError, fail_msg);
+      ended.push_back(std::move(s));
+      std::lock_guard<std::mutex> lk(mu);
+      --n_queued;
+    }
+    waiting.clear();
+  }
+  if (held && !running.empty()) {
+    const auto n = static_cast<int64_t>(running.size());
+    for (size_t i = running.size(); i-- > 0;) preempt(i, true);  // newest first: the queue keeps their order
+    std::lock_guard<std::mutex> lk(mu);
+    stats.held_requeued += n;
+  }
+
   // 2. Admission, first come first served.
-  while (static_cast<int>(running.size()) < opts.max_seqs && !waiting.empty()) {
+  while (!held && static_cast<int>(running.size()) < opts.max_seqs && !waiting.empty()) {
     if (!admit(*waiting.front())) break;
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
@@ -377,7 +442,11 @@ bool Scheduler::Impl::step() {
     if (st) {
       int64_t next_row = 0;
       for (size_t m = 0; m < members.size(); ++m)
-        if (batch.seqs[m].n_logits > 0) picks[m].row = next_row++;
+        if (batch.seqs[m].n_logits > 0) {
+          const int64_t row = next_row++;
+          // A replayed token's successor is known: no sampling (hold()).
+          if (members[m]->n_done + batch.seqs[m].n_tokens >= members[m]->n_replay) picks[m].row = row;
+        }
       lm.pool().parallel_for(static_cast<int64_t>(members.size()), [&](int64_t m0, int64_t m1) {
         thread_local std::vector<uint8_t> allowed;
         for (int64_t m = m0; m < m1; ++m) {
@@ -498,7 +567,8 @@ void Scheduler::Impl::run() {
     {
       std::unique_lock<std::mutex> lk(mu);
       cv.wait(lk, [&] {
-        return stopping || !inbox.empty() || !cancels.empty() || !running.empty() || !waiting.empty();
+        return stopping || !cancels.empty() || fail_pending || !running.empty() ||
+               (!holding && (!inbox.empty() || !waiting.empty()));
       });
       if (stopping) break;
     }

@@ -92,6 +92,9 @@ struct SchedulerStats {
   // NaN guard: steps whose logits had a NaN/Inf, fixed by recomputing the step / not fixed
   // (their sequences end with an error). A RAS signal: see docs/ras.md.
   int64_t numeric_recomputed = 0, numeric_failed = 0;
+  // hold(): whether the engine is held, and the running sequences it moved back to the queue.
+  bool held = false;
+  int64_t held_requeued = 0;
 };
 
 class Scheduler {
@@ -112,6 +115,17 @@ class Scheduler {
   Expected<uint64_t> submit(SeqRequest req, SeqCallback cb, bool* queue_full = nullptr);
   // Thread-safe. The sequence ends with kAbort and its pages are freed before the next step.
   void cancel(uint64_t id);
+
+  // Thread-safe. While held (the device is unhealthy: docs/ras.md), the engine runs no step:
+  // running sequences go back to the queue with their pages freed, keeping what they generated
+  // (as a preemption does), and submit() refuses new requests. hold(false) resumes them: each
+  // recomputes its prompt, then the tokens it already sent one per step as they were decoded
+  // (same bits, no sampling), and continues, so no token is sent twice and none is lost.
+  // Cancellations are still honoured while held.
+  void hold(bool on);
+  // Thread-safe. Ends every queued, held and running sequence with kError and `error` (recovery
+  // failed); each gets its last event exactly once.
+  void fail_all(std::string error);
 
   SchedulerStats stats() const;  // thread-safe snapshot
   int n_ctx() const;

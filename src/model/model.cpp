@@ -180,9 +180,20 @@ Expected<Weights> load_decoder_weights(const Loader& l, const HParams& hp) {
 
 int64_t Model::pack_weights(ThreadPool& pool) {
   const bool mapped = gguf_->file()->mapped();
-  for (LayerWeights& l : w_.layers)
-    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) packed_.pack(*v, pool, mapped);
-  packed_.pack(w_.output, pool, mapped);
+  auto pack = [&](WeightView& v, const std::string& name) {
+    packed_.pack(v, pool, mapped);
+    if (v.packed)
+      packed_regions_.push_back({name + " (packed)", v.packed, static_cast<size_t>(kernels::packed_bytes(v.type, v.rows, v.cols))});
+  };
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    LayerWeights& l = w_.layers[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    const std::pair<WeightView*, const char*> mats[] = {
+        {&l.wq, "attn_q"},   {&l.wk, "attn_k"},   {&l.wv, "attn_v"},    {&l.wo, "attn_output"},
+        {&l.w_gate, "ffn_gate"}, {&l.w_up, "ffn_up"}, {&l.w_down, "ffn_down"}};
+    for (auto [v, n] : mats) pack(*v, p + n + ".weight");
+  }
+  pack(w_.output, w_.output.data == w_.token_embd.data ? "token_embd.weight" : "output.weight");
   return packed_.bytes();
 }
 

@@ -101,11 +101,21 @@ class Model {
   // copies the products then read; load() does it. Returns the bytes of the copies.
   int64_t pack_weights(ThreadPool& pool);
 
+  // The packed copies by tensor name: weights the products read that are not in the file's map
+  // (the weight scrubber must cover them too; their mapped originals are no longer read).
+  struct PackedRegion {
+    std::string name;
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+  };
+  const std::vector<PackedRegion>& packed_regions() const { return packed_regions_; }
+
  private:
   std::shared_ptr<const formats::GgufFile> gguf_;
   HParams hp_;
   Weights w_;
   kernels::PackedWeights packed_;
+  std::vector<PackedRegion> packed_regions_;
 };
 
 // Helpers the architecture files use to read metadata and bind tensors.

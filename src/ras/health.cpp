@@ -180,6 +180,18 @@ std::vector<HealthEvent> HealthMonitor::observe(double t, const std::vector<Samp
   return out;
 }
 
+std::optional<HealthEvent> HealthMonitor::recover(const std::string& device, double t,
+                                                  const std::string& reason) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = devices_.find(device);
+  if (it == devices_.end() || it->second.h.state != HealthState::kUnhealthy) return std::nullopt;
+  std::vector<HealthEvent> out;
+  change(it->second, t, HealthState::kHealthy, reason, out);
+  it->second.ce.clear();
+  it->second.throttled.clear();
+  return out.front();
+}
+
 std::optional<HealthEvent> HealthMonitor::drain(const std::string& device, double t,
                                                 const std::string& reason) {
   std::lock_guard<std::mutex> lk(mu_);

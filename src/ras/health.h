@@ -32,7 +32,8 @@
 //       reported) for missing_suspect_reads readings in a row; a dying device or driver often
 //       stops answering first. A value that was never readable (this VM) is not suspect.
 // A suspect device on which no rule fired for suspect_clear_s returns to healthy. Unhealthy is
-// kept until an operator drains the device (drain()); drained is final for this process.
+// kept until the fault is repaired and verified (recover()) or the device is drained (drain());
+// drained is final for this process.
 //
 // Thread-safe: one thread observes, any thread reads.
 #pragma once
@@ -86,6 +87,10 @@ class HealthMonitor {
   std::vector<HealthEvent> observe(double t, const std::vector<Sample>& samples);
   // The device takes no more work (an operator's or the server's decision).
   std::optional<HealthEvent> drain(const std::string& device, double t, const std::string& reason);
+  // An unhealthy device whose fault was repaired and verified (weights that match their load-time
+  // checksums again) returns to healthy; nothing happens in any other state.
+  std::optional<HealthEvent> recover(const std::string& device, double t,
+                                     const std::string& reason);
 
   std::vector<DeviceHealth> devices() const;
   std::optional<DeviceHealth> device(const std::string& name) const;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 
 namespace fennec::ras {
 
@@ -42,7 +43,7 @@ WeightScrubber::WeightScrubber(std::vector<ScrubRegion> regions, size_t bytes_pe
   for (size_t r = 0; r < regions_.size(); ++r) {
     if (!regions_[r].data) continue;
     for (size_t off = 0; off < regions_[r].size; off += chunk_bytes)
-      chunks_.push_back({r, off, std::min(chunk_bytes, regions_[r].size - off), 0});
+      chunks_.push_back({r, off, std::min(chunk_bytes, regions_[r].size - off), 0, 0});
     total_ += regions_[r].size;
   }
 }
@@ -53,13 +54,21 @@ std::vector<WeightScrubber::Mismatch> WeightScrubber::scrub(size_t bytes) {
   while (done < bytes && !chunks_.empty()) {
     Chunk& c = chunks_[next_];
     const uint64_t sum = scrub_checksum(regions_[c.region].data + c.offset, c.size);
-    if (passes_ > 0 && sum != c.sum) {
+    if (passes_ == 0) c.ref = sum;
+    // A chunk that changes back to its load-time bytes (a repaired fault) is not a new fault.
+    if (passes_ > 0 && sum != c.sum && sum != c.ref) {
       found.push_back({regions_[c.region].name, c.offset});
       ++n_mismatches_;
       last_ = regions_[c.region].name + " changed in memory (bytes " + std::to_string(c.offset) +
               ".." + std::to_string(c.offset + c.size) + ")";
     }
     c.sum = sum;
+    if (passes_ > 0) {
+      if (sum != c.ref)
+        dirty_.insert(next_);
+      else
+        dirty_.erase(next_);
+    }
     done += c.size;
     if (++next_ == chunks_.size()) {
       next_ = 0;
@@ -67,6 +76,15 @@ std::vector<WeightScrubber::Mismatch> WeightScrubber::scrub(size_t bytes) {
     }
   }
   return found;
+}
+
+size_t WeightScrubber::reverify() {
+  for (auto it = dirty_.begin(); it != dirty_.end();) {
+    Chunk& c = chunks_[*it];
+    c.sum = scrub_checksum(regions_[c.region].data + c.offset, c.size);
+    it = c.sum == c.ref ? dirty_.erase(it) : std::next(it);
+  }
+  return dirty_.size();
 }
 
 std::vector<Sample> WeightScrubber::read() {

@@ -3,7 +3,8 @@
 // or the page cache after load is found instead of silently changing every answer. The first pass
 // records the reference checksums; later passes compare. A changed chunk counts as a critical
 // event (health rule U3: unhealthy) and becomes the new reference, so a lasting flip is counted
-// once.
+// once. The first pass's checksums are kept too: a chunk that returns to them is repaired, not
+// changed again, and reverify() tells the server when every chunk is back (recovery).
 //
 // It covers the bytes it is given: weights the kernels repacked into their own buffers are not
 // in the mapped file and need their own regions.
@@ -11,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,12 @@ class WeightScrubber final : public TelemetrySource {
   // pass at the end; returns the chunks found changed.
   std::vector<Mismatch> scrub(size_t bytes);
 
+  // Re-checksums the chunks that differ from their load-time (first-pass) checksums and returns
+  // how many still differ: 0 means the weights are the ones loaded again (recovery, docs/ras.md).
+  // Same thread as read().
+  size_t reverify();
+  size_t dirty() const { return dirty_.size(); }
+
   int64_t mismatches() const { return n_mismatches_; }
   int64_t passes() const { return passes_; }  // complete passes, the reference pass included
   size_t total_bytes() const { return total_; }
@@ -52,8 +60,10 @@ class WeightScrubber final : public TelemetrySource {
   struct Chunk {
     size_t region = 0;
     size_t offset = 0, size = 0;
-    uint64_t sum = 0;
+    uint64_t sum = 0;  // at the last visit
+    uint64_t ref = 0;  // at the first pass (the weights as loaded)
   };
+  std::set<size_t> dirty_;  // chunks whose bytes differ from the first pass
   std::vector<ScrubRegion> regions_;
   std::vector<Chunk> chunks_;
   size_t bytes_per_read_;

@@ -26,7 +26,9 @@ Expected<std::unique_ptr<RasService>> RasService::create(const RasOptions& opts)
 
 RasService::RasService(std::vector<std::unique_ptr<TelemetrySource>> sources, RasOptions opts)
     : opts_(std::move(opts)), sources_(std::move(sources)), monitor_(opts_.rules), t0_(now_s()) {
+  n_machine_ = sources_.size();
   if (sources_.size() == 1) replay_ = dynamic_cast<ReplaySource*>(sources_[0].get());
+  is_trace_ = replay_ != nullptr;
 }
 
 RasService::~RasService() { stop(); }
@@ -39,6 +41,12 @@ void RasService::start() {
       lk.unlock();
       try {
         poll();
+        std::function<void()> after;
+        {
+          std::lock_guard<std::mutex> alk(mu_);
+          after = after_poll_;
+        }
+        if (after) after();
       } catch (...) {  // telemetry never takes the server down
       }
       lk.lock();
@@ -61,6 +69,7 @@ void RasService::poll() {
   if (replay_ && replay_->done()) return;  // a finished trace leaves its last state
   auto samples = read_all(sources_);
   const double t = replay_ ? replay_->time() : now_s() - t0_;
+  last_t_ = t;
   slk.unlock();
   monitor_.observe(t, samples);
   std::lock_guard<std::mutex> lk(mu_);
@@ -73,6 +82,48 @@ void RasService::add_source(std::unique_ptr<TelemetrySource> source) {
   sources_.push_back(std::move(source));
 }
 
+Status RasService::use_trace(const std::string& path) {
+  auto frames = load_trace(path);
+  if (!frames) return frames.error();
+  std::lock_guard<std::mutex> lk(sources_mu_);
+  sources_.erase(sources_.begin(), sources_.begin() + static_cast<std::ptrdiff_t>(n_machine_));
+  // One frame per reading at the service's own times (the other sources are live); the last
+  // frame holds once the trace has ended.
+  class HoldLast final : public TelemetrySource {
+   public:
+    explicit HoldLast(std::vector<Frame> f) : replay_(std::move(f), "trace") {}
+    std::string name() const override { return "trace"; }
+    std::vector<Sample> read() override {
+      if (!replay_.done()) last_ = replay_.read();
+      return last_;
+    }
+
+   private:
+    ReplaySource replay_;
+    std::vector<Sample> last_;
+  };
+  sources_.insert(sources_.begin(), std::make_unique<HoldLast>(std::move(*frames)));
+  n_machine_ = 1;
+  replay_ = nullptr;
+  is_trace_ = true;
+  return {};
+}
+
+void RasService::set_after_poll(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lk(mu_);
+  after_poll_ = std::move(fn);
+}
+
+void RasService::recover(const std::string& device, const std::string& reason) {
+  std::lock_guard<std::mutex> lk(sources_mu_);
+  monitor_.recover(device, last_t_, reason);
+}
+
+void RasService::drain(const std::string& device, const std::string& reason) {
+  std::lock_guard<std::mutex> lk(sources_mu_);
+  monitor_.drain(device, last_t_, reason);
+}
+
 std::vector<Sample> RasService::last_samples() const {
   std::lock_guard<std::mutex> lk(mu_);
   return last_;
@@ -81,7 +132,7 @@ std::vector<Sample> RasService::last_samples() const {
 nlohmann::json RasService::to_json() const {
   using nlohmann::json;
   json j;
-  j["source"] = replay_ ? "trace" : "machine";
+  j["source"] = is_trace_.load() ? "trace" : "machine";
   j["state"] = health_state_name(worst());
   j["devices"] = json::array();
   for (const auto& d : monitor_.devices())

@@ -45,6 +45,14 @@ class RasService {
   void poll();  // one reading (the thread's work; tests call it directly)
   // Another source from the next reading on (e.g. the weight scrubber once the model is loaded).
   void add_source(std::unique_ptr<TelemetrySource> source);
+  // Replays this trace instead of the machine's sources from the next reading on (the sources
+  // added with add_source stay): fault injection (docs/ras.md).
+  Status use_trace(const std::string& path);
+  // Called on the RAS thread after every reading (the server's hold-and-recover logic).
+  void set_after_poll(std::function<void()> fn);
+  // HealthMonitor::recover / drain at the service's current time.
+  void recover(const std::string& device, const std::string& reason);
+  void drain(const std::string& device, const std::string& reason);
 
   HealthState worst() const { return monitor_.worst(); }
   std::vector<DeviceHealth> devices() const { return monitor_.devices(); }
@@ -57,7 +65,11 @@ class RasService {
   RasOptions opts_;
   std::mutex sources_mu_;  // poll() against add_source()
   std::vector<std::unique_ptr<TelemetrySource>> sources_;
-  ReplaySource* replay_ = nullptr;  // when sources_ is one trace
+  ReplaySource* replay_ = nullptr;     // when sources_ is one trace
+  std::atomic<bool> is_trace_{false};  // a trace, not the machine, supplies the telemetry
+  double last_t_ = 0;                  // time of the last reading (under sources_mu_)
+  size_t n_machine_ = 0;               // sources_[0, n_machine_): the machine's (or the trace's)
+  std::function<void()> after_poll_;   // under mu_
   HealthMonitor monitor_;
   double t0_ = 0;
   mutable std::mutex mu_;

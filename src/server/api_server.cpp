@@ -15,6 +15,7 @@
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
 #include "model/model.h"
+#include "ras/fault_injection.h"
 #include "ras/service.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
@@ -241,6 +242,18 @@ void ApiServer::Impl::handle(const HttpRequest& req, std::shared_ptr<Response> r
     return handle_metrics(resp);
   }
 
+  if (p == "/admin/inject" && opts.fault_injector) {  // fault injection (docs/ras.md)
+    if (!method_is("POST")) return wrong_method("POST");
+    if (!authorized(req))
+      return send_error(resp, api_error(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                                        "authentication_error", "", "invalid_api_key"));
+    json body = json::parse(req.body, nullptr, false);
+    auto r = opts.fault_injector->inject(body);
+    if (!r) return send_error(resp, api_error(400, r.error().message));
+    std::fprintf(stderr, "fennec: fault injected: %s\n", r->dump().c_str());
+    return send_json(resp, 200, *r);
+  }
+
   struct Route {
     const char* path;
     const char* method;
@@ -265,6 +278,15 @@ void ApiServer::Impl::handle(const HttpRequest& req, std::shared_ptr<Response> r
                       api_error(503, draining ? "the server is shutting down" : "the model is still loading",
                                 "server_error", "", "service_unavailable"),
                       {{"Retry-After", "1"}});
+  }
+  // A device fennec computes with is unhealthy: the engine is held (docs/ras.md), no new work.
+  if (route->kind <= 1 && scheduler->stats().held) {
+    return send_error(resp,
+                      api_error(503,
+                                "the device is unhealthy and the server takes no new requests until it recovers "
+                                "(see /v1/ras): retry later or on another replica",
+                                "server_error", "", "service_unavailable"),
+                      {{"Retry-After", "5"}});
   }
   switch (route->kind) {
     case 0: return handle_chat(req, resp);
@@ -474,6 +496,9 @@ void ApiServer::Impl::run_request(std::shared_ptr<RequestState> st, const Genera
       if (full)
         return send_error(resp, api_error(429, id.error().message, "rate_limit_error", "", "queue_full"),
                           {{"Retry-After", "1"}});
+      if (scheduler->stats().held)  // held between the check and the submit
+        return send_error(resp, api_error(503, id.error().message, "server_error", "", "service_unavailable"),
+                          {{"Retry-After", "5"}});
       return send_error(resp, api_error(400, id.error().message));
     }
     st->choices[i].seq_id = *id;

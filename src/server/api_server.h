@@ -21,7 +21,8 @@ class Scheduler;
 
 namespace fennec::ras {
 class RasService;
-}
+class FaultInjector;
+}  // namespace fennec::ras
 
 namespace fennec::server {
 
@@ -33,6 +34,9 @@ struct ApiServerOptions {
   // Device health (GET /v1/ras, readiness 503 while a device is unhealthy, health gauges in
   // /metrics); may be null. Must outlive the server.
   ras::RasService* ras = nullptr;
+  // POST /admin/inject (docs/ras.md), only when set (serve --enable-fault-injection); 404
+  // otherwise. Must outlive the server.
+  ras::FaultInjector* fault_injector = nullptr;
 };
 
 class ApiServer {

@@ -12,6 +12,8 @@
 #include "engine/scheduler.h"
 #include "metering/meter.h"
 #include "ras/canary.h"
+#include "ras/fault_injection.h"
+#include "ras/recovery.h"
 #include "ras/scrubber.h"
 #include "ras/service.h"
 #include "server/api_server.h"
@@ -75,6 +77,8 @@ struct ServeFlags {
   std::string sysfs_root = "/";
   int scrub_mb = 256;
   double canary_interval = 600;
+  double ras_recovery_timeout = 60;
+  bool enable_fault_injection = false;
 };
 
 int serve(const ServeFlags& f) {
@@ -116,6 +120,13 @@ int serve(const ServeFlags& f) {
   }
   (*ras_service)->start();
   so.ras = ras_service->get();
+  // POST /admin/inject, only when asked for (docs/ras.md).
+  std::unique_ptr<ras::FaultInjector> injector;
+  if (f.enable_fault_injection) {
+    injector = std::make_unique<ras::FaultInjector>(nullptr, ras_service->get());
+    so.fault_injector = injector.get();
+    std::fprintf(stderr, "fennec: fault injection is ON (POST /admin/inject): for tests and drills only\n");
+  }
   auto srv = server::ApiServer::create(so);
   if (!srv) {
     std::fprintf(stderr, "fennec: %s\n", srv.error().message.c_str());
@@ -152,14 +163,32 @@ int serve(const ServeFlags& f) {
     std::fprintf(stderr, "fennec: energy: estimated at --device-watts %.0f W (%s)\n", meter.options().device_watts,
                  no_counter.c_str());
   sched_opts.meter = &meter;
+  ras::WeightScrubber* scrubber = nullptr;  // owned by the RAS service
   if (f.scrub_mb > 0) {  // re-verify the mapped weights, scrub_mb MiB per telemetry reading
     std::vector<ras::ScrubRegion> regions;
     for (const auto& t : (*lm)->gguf().tensors()) regions.push_back({t.name, t.data, static_cast<size_t>(t.n_bytes)});
-    (*ras_service)->add_source(
-        std::make_unique<ras::WeightScrubber>(std::move(regions), static_cast<size_t>(f.scrub_mb) << 20));
+    // The repacked copies the products actually read (kernels/cpu/repack.h) are not in the map.
+    for (const auto& r : (*lm)->model().packed_regions()) regions.push_back({r.name, r.data, r.size});
+    auto sc = std::make_unique<ras::WeightScrubber>(std::move(regions), static_cast<size_t>(f.scrub_mb) << 20);
+    scrubber = sc.get();
+    (*ras_service)->add_source(std::move(sc));
+  }
+  if (injector) {
+    injector->set_model(&(*lm)->gguf());
+    sched_opts.logits_fault = [inj = injector.get()](std::vector<float>& logits, int attempt) {
+      inj->on_logits(logits, attempt);
+    };
   }
   engine::Scheduler scheduler(**lm, sched_opts);
   scheduler.start();
+  // An unhealthy "weights" or "engine" device holds every request until it recovers, or fails
+  // them cleanly after --ras-recovery-timeout (docs/ras.md, src/ras/recovery.h).
+  ras::RecoveryHooks hooks;
+  hooks.hold = [&scheduler](bool on) { scheduler.hold(on); };
+  hooks.fail_all = [&scheduler](const std::string& why) { scheduler.fail_all(why); };
+  if (scrubber) hooks.reverify_weights = [scrubber] { return scrubber->reverify(); };
+  ras::RecoveryController recovery(**ras_service, std::move(hooks), f.ras_recovery_timeout);
+  (*ras_service)->set_after_poll([&recovery] { recovery.after_poll(); });
   // The NaN guard's counts as RAS telemetry: a step fixed by recomputing is a corrected error,
   // one that failed twice an uncorrected one (docs/ras.md).
   (*ras_service)->add_source(ras::make_callback_source("engine", [&scheduler] {
@@ -203,6 +232,7 @@ int serve(const ServeFlags& f) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   (*srv)->stop();
   (*ras_service)->stop();  // before the model (the scrubber reads its mapping) goes away
+  (*ras_service)->set_after_poll(nullptr);
   std::fprintf(stderr, "fennec: stopped (%lld requests cut off by the drain timeout)\n", static_cast<long long>(left));
   return 0;
 }
@@ -248,6 +278,13 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--canary-interval", f->canary_interval,
                   "seconds between canary runs, a fixed prompt whose answer must not change (default 600; 0: off)")
       ->envname("FENNEC_CANARY_INTERVAL");
+  cmd->add_option("--ras-recovery-timeout", f->ras_recovery_timeout,
+                  "seconds an unhealthy weights/engine device may take to recover before held requests fail "
+                  "(default 60)")
+      ->envname("FENNEC_RAS_RECOVERY_TIMEOUT");
+  cmd->add_flag("--enable-fault-injection", f->enable_fault_injection,
+                "open POST /admin/inject (weight bit flips, NaN logits, telemetry traces): tests only")
+      ->envname("FENNEC_ENABLE_FAULT_INJECTION");
   cmd->add_option("--scrub-mb", f->scrub_mb, "MiB of weights re-verified per telemetry reading (default 256; 0: off)")
       ->envname("FENNEC_SCRUB_MB");
   cmd->add_option("--sysfs-root", f->sysfs_root, "read /sys under this directory (tests; default /)")

@@ -1,0 +1,56 @@
+// Faults on demand, for tests and drills: `fennec serve --enable-fault-injection` opens
+// POST /admin/inject (404 otherwise). Bodies:
+//   {"kind": "weight_bitflip", "tensor": "blk.3.attn_q.weight", "byte": N, "bit": B}
+//       flips bit B (0..7) of byte N of the tensor in the model FILE (written through the file,
+//       so the shared mapping the scrubber checks changes as a DRAM flip would change it; the
+//       file on disk changes too: use a copy). Flipping the same bit again restores it. It covers
+//       the mapped bytes: what the scrubber checks, and what the products read for the types the
+//       kernels do not repack; matrices repacked at load (Q4_0, Q5_0, Q8_0, Q4_K, MXFP4, NVFP4:
+//       kernels/cpu/repack.h) are computed from their copies, which a file flip does not reach.
+//   {"kind": "nan_activation", "steps": 1, "repeat": false}
+//       puts a NaN in the logits of the next `steps` forward passes (the scheduler's logits_fault
+//       hook). repeat=false poisons the first try only, so the NaN guard's recompute is clean;
+//       repeat=true poisons the recompute too and the step fails.
+//   {"kind": "telemetry_trace", "path": "trace.jsonl"}
+//       the RAS service replays this trace instead of the machine from its next reading on.
+// Answers {"injected": kind, ...details} or an error (400).
+#pragma once
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/expected.h"
+
+namespace fennec::formats {
+class GgufFile;
+}
+
+namespace fennec::ras {
+
+class RasService;
+
+class FaultInjector {
+ public:
+  // Either may be null (that kind then answers an error).
+  FaultInjector(const formats::GgufFile* model, RasService* ras) : model_(model), ras_(ras) {}
+  // The model, once loaded (the server opens before it loads).
+  void set_model(const formats::GgufFile* model) { model_ = model; }
+
+  Expected<nlohmann::json> inject(const nlohmann::json& body);
+  // SchedulerOptions::logits_fault: called on the engine thread after every forward pass.
+  void on_logits(std::vector<float>& logits, int attempt);
+
+  int64_t nan_injected() const { return nan_injected_.load(); }
+
+ private:
+  std::atomic<const formats::GgufFile*> model_;
+  RasService* ras_;
+  std::atomic<int64_t> nan_pending_{0};  // steps still to poison
+  std::atomic<bool> nan_repeat_{false};
+  std::atomic<int64_t> nan_injected_{0};
+  bool poisoned_this_step_ = false;  // engine thread
+};
+
+}  // namespace fennec::ras
