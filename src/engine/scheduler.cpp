@@ -413,13 +413,13 @@ bool Scheduler::Impl::step() {
     const int n_vocab = lm.model().hparams().n_vocab;
     if (opts.meter) opts.meter->begin_step();
     const auto t_step = std::chrono::steady_clock::now();
-    auto st = lm.model().forward(batch, lm.kv(), lm.pool(), logits);
+    auto st = lm.model().forward(batch, lm.kv(), lm.pool(), logits, opts.matmul_observer);
     // NaN guard: a non-finite logit is a fault (a flipped bit, a bad kernel path), never a
     // valid output. The step is recomputed once: it rewrites the same K/V positions, so a
     // transient fault leaves no trace; a fault that repeats ends the step's sequences with an error.
     if (st && opts.logits_fault) opts.logits_fault(logits, 0);
     if (st && !all_finite(logits)) {
-      st = lm.model().forward(batch, lm.kv(), lm.pool(), logits);
+      st = lm.model().forward(batch, lm.kv(), lm.pool(), logits, opts.matmul_observer);
       if (st && opts.logits_fault) opts.logits_fault(logits, 1);
       const bool fixed = st && all_finite(logits);
       {

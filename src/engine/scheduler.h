@@ -28,6 +28,7 @@
 #include "core/expected.h"
 #include "engine/constraint.h"
 #include "engine/sampler.h"
+#include "model/model.h"
 
 namespace fennec::metering {
 class StepMeter;
@@ -80,6 +81,8 @@ struct SchedulerOptions {
   // Fault injection (tests): sees the logits of every forward pass (attempt 0, and 1 when the
   // NaN guard recomputes the step) and may corrupt them.
   std::function<void(std::vector<float>& logits, int attempt)> logits_fault;
+  // Sees every weight product of every step (e.g. the ABFT check, src/ras/abft.h); may be null.
+  model::MatmulObserver* matmul_observer = nullptr;
 };
 
 struct SchedulerStats {

@@ -197,6 +197,21 @@ int64_t Model::pack_weights(ThreadPool& pool) {
   return packed_.bytes();
 }
 
+void Model::for_each_matrix(const std::function<void(const std::string&, const WeightView&)>& fn) const {
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    const LayerWeights& l = w_.layers[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    fn(p + "attn_q.weight", l.wq);
+    fn(p + "attn_k.weight", l.wk);
+    fn(p + "attn_v.weight", l.wv);
+    fn(p + "attn_output.weight", l.wo);
+    fn(p + "ffn_gate.weight", l.w_gate);
+    fn(p + "ffn_up.weight", l.w_up);
+    fn(p + "ffn_down.weight", l.w_down);
+  }
+  fn(gguf_->find_tensor("output.weight") ? "output.weight" : "token_embd.weight", w_.output);
+}
+
 engine::KvCacheShape Model::kv_shape(int block_size) const {
   return {hp_.n_layers, hp_.n_kv_heads, hp_.head_dim_k, hp_.head_dim_v, block_size};
 }
@@ -208,6 +223,12 @@ void observe(MatmulObserver* observer, int layer, const char* tensor, const Weig
              const float* x, int64_t n_tokens) {
   if (observer)
     observer->on_matmul(w, "blk." + std::to_string(layer) + "." + tensor, x, n_tokens);
+}
+
+void observe_after(MatmulObserver* observer, int layer, const char* tensor, const WeightView& w,
+                   const float* x, int64_t n_tokens, const float* y) {
+  if (observer)
+    observer->after_matmul(w, "blk." + std::to_string(layer) + "." + tensor, x, n_tokens, y, w.rows);
 }
 
 void add_bias(float* y, const float* b, int64_t n_tokens, int64_t dim) {
@@ -292,6 +313,9 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     observe(observer, il, "attn_k.weight", L.wk, h.data(), T);
     observe(observer, il, "attn_v.weight", L.wv, h.data(), T);
     kernels::matmul_group(qkv, h.data(), T, pool);
+    observe_after(observer, il, "attn_q.weight", L.wq, h.data(), T, q.data());
+    observe_after(observer, il, "attn_k.weight", L.wk, h.data(), T, k.data());
+    observe_after(observer, il, "attn_v.weight", L.wv, h.data(), T, v.data());
     kernels::RopeParams rp;
     rp.style = hp.rope_style;
     rp.n_dims = hp.rope_dims;
@@ -341,6 +365,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
 
     observe(observer, il, "attn_output.weight", L.wo, attn.data(), T);
     kernels::matmul(L.wo, attn.data(), T, h.data(), pool);
+    observe_after(observer, il, "attn_output.weight", L.wo, attn.data(), T, h.data());
     for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
       float* ht = h.data() + t0 * E;
       float* xt = x.data() + t0 * E;
@@ -354,6 +379,8 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     observe(observer, il, "ffn_gate.weight", L.w_gate, h.data(), T);
     observe(observer, il, "ffn_up.weight", L.w_up, h.data(), T);
     kernels::matmul_group(gate_up, h.data(), T, pool);
+    observe_after(observer, il, "ffn_gate.weight", L.w_gate, h.data(), T, gate.data());
+    observe_after(observer, il, "ffn_up.weight", L.w_up, h.data(), T, up.data());
     for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
       float* gt = gate.data() + t0 * hp.n_ff;
       const float* ut = up.data() + t0 * hp.n_ff;
@@ -364,6 +391,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     });
     observe(observer, il, "ffn_down.weight", L.w_down, gate.data(), T);
     kernels::matmul(L.w_down, gate.data(), T, h.data(), pool);
+    observe_after(observer, il, "ffn_down.weight", L.w_down, gate.data(), T, h.data());
     for_tokens(pool, T, [&](int64_t t0, int64_t t1) {
       float* ht = h.data() + t0 * E;
       float* xt = x.data() + t0 * E;
@@ -388,11 +416,10 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     }
   }
   kernels::rms_norm(xo.data(), w_.output_norm, n_out, E, hp.norm_eps, xo.data());
-  if (observer)
-    observer->on_matmul(w_.output,
-                        gguf_->find_tensor("output.weight") ? "output.weight" : "token_embd.weight",
-                        xo.data(), n_out);
+  const char* out_name = gguf_->find_tensor("output.weight") ? "output.weight" : "token_embd.weight";
+  if (observer) observer->on_matmul(w_.output, out_name, xo.data(), n_out);
   kernels::matmul(w_.output, xo.data(), n_out, logits.data(), pool);
+  if (observer) observer->after_matmul(w_.output, out_name, xo.data(), n_out, logits.data(), w_.output.rows);
   if (hp.final_softcap > 0) kernels::softcap(logits.data(), hp.final_softcap, n_out * hp.n_vocab);
   return {};
 }

@@ -3,6 +3,7 @@
 // hyper-parameters and tensor names (one file each, listed in registry.cpp).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -54,6 +55,12 @@ class MatmulObserver {
   virtual ~MatmulObserver() = default;
   virtual void on_matmul(const kernels::WeightView& w, std::string_view name, const float* x,
                          int64_t n_tokens) = 0;
+  // After the product, before y is used: y is [n_tokens][ldy] (its first w.rows columns are the
+  // product). For checks of the product itself (ABFT, src/ras/abft.h).
+  virtual void after_matmul(const kernels::WeightView& w, std::string_view name, const float* x,
+                            int64_t n_tokens, const float* y, int64_t ldy) {
+    (void)w, (void)name, (void)x, (void)n_tokens, (void)y, (void)ldy;
+  }
 };
 
 struct LayerWeights {
@@ -109,6 +116,10 @@ class Model {
     size_t size = 0;
   };
   const std::vector<PackedRegion>& packed_regions() const { return packed_regions_; }
+
+  // Calls fn(name, view) for every matrix forward() multiplies by, with the names a
+  // MatmulObserver sees.
+  void for_each_matrix(const std::function<void(const std::string&, const kernels::WeightView&)>& fn) const;
 
  private:
   std::shared_ptr<const formats::GgufFile> gguf_;

@@ -249,3 +249,27 @@ def test_scrub_overhead_measurement(fennec):
     on, off = sum(rates["256"]) / 3, sum(rates["0"]) / 3
     print(f"\ndecode tokens/s: scrub 256 MiB/10 s {rates['256']} mean {on:.2f}; off {rates['0']} mean {off:.2f}; "
           f"overhead {100 * (off - on) / off:.2f}%")
+
+
+def test_abft_checks_every_product_without_false_alarm(fennec):
+    """`--abft`: every weight product of every step is checked against its matrix's column
+    checksums (src/ras/abft.h); a clean run raises no failure and answers as without the check."""
+    need_model()
+    srv = start_server(SMOL, "--abft", scrub_mb="0")
+    try:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0, timeout=300)
+        answers = [client.completions.create(model="m", prompt=p, max_tokens=16, temperature=0).choices[0].text
+                   for p in PROMPTS[:3]]
+        ras = ras_until(srv, lambda r: any(t["name"] == "abft_checks" and int(t.get("text") or 0) > 0
+                                           for t in r["telemetry"]), "abft reported no checks")
+        fails = [t for t in ras["telemetry"] if t["name"] == "abft_failures"]
+        assert fails and all(t.get("value") == 0 for t in fails), fails
+    finally:
+        assert srv.stop() == 0
+    plain = start_server(SMOL, scrub_mb="0")
+    try:
+        client = openai.OpenAI(base_url=plain.base + "/v1", api_key="x", max_retries=0, timeout=300)
+        for p, a in zip(PROMPTS[:3], answers):
+            assert client.completions.create(model="m", prompt=p, max_tokens=16, temperature=0).choices[0].text == a
+    finally:
+        assert plain.stop() == 0

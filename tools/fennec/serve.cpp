@@ -13,6 +13,7 @@
 #include "metering/meter.h"
 #include "ras/canary.h"
 #include "ras/fault_injection.h"
+#include "ras/abft.h"
 #include "ras/recovery.h"
 #include "ras/scrubber.h"
 #include "ras/service.h"
@@ -79,6 +80,21 @@ struct ServeFlags {
   double canary_interval = 600;
   double ras_recovery_timeout = 60;
   bool enable_fault_injection = false;
+  bool abft = false;
+};
+
+// Checks every weight product of the served model against its column checksums (src/ras/abft.h).
+class AbftObserver final : public model::MatmulObserver {
+ public:
+  explicit AbftObserver(ras::AbftChecker& checker) : checker_(checker) {}
+  void on_matmul(const kernels::WeightView&, std::string_view, const float*, int64_t) override {}
+  void after_matmul(const kernels::WeightView&, std::string_view name, const float* x, int64_t n_tokens,
+                    const float* y, int64_t ldy) override {
+    checker_.check(name, x, n_tokens, y, ldy);
+  }
+
+ private:
+  ras::AbftChecker& checker_;
 };
 
 int serve(const ServeFlags& f) {
@@ -172,6 +188,23 @@ int serve(const ServeFlags& f) {
     auto sc = std::make_unique<ras::WeightScrubber>(std::move(regions), static_cast<size_t>(f.scrub_mb) << 20);
     scrubber = sc.get();
     (*ras_service)->add_source(std::move(sc));
+  }
+  std::unique_ptr<AbftObserver> abft_observer;
+  if (f.abft) {  // column checksums of every matrix, then a check after every product
+    auto checker = std::make_unique<ras::AbftChecker>();
+    Status prepared = {};
+    (*lm)->model().for_each_matrix([&](const std::string& name, const kernels::WeightView& w) {
+      if (prepared && w.data) prepared = checker->prepare(name, w);
+    });
+    if (!prepared) {
+      std::fprintf(stderr, "fennec: --abft: %s\n", prepared.error().message.c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "fennec: abft: checksums of every weight matrix (%.1f MiB)\n",
+                 static_cast<double>(checker->prepared_bytes()) / (1 << 20));
+    abft_observer = std::make_unique<AbftObserver>(*checker);
+    sched_opts.matmul_observer = abft_observer.get();
+    (*ras_service)->add_source(std::move(checker));
   }
   if (injector) {
     injector->set_model(&(*lm)->gguf());
@@ -285,6 +318,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--enable-fault-injection", f->enable_fault_injection,
                 "open POST /admin/inject (weight bit flips, NaN logits, telemetry traces): tests only")
       ->envname("FENNEC_ENABLE_FAULT_INJECTION");
+  cmd->add_flag("--abft", f->abft,
+                "check every weight product against the matrix's column checksums (src/ras/abft.h); "
+                "failures count as corrected errors of device 'engine'")
+      ->envname("FENNEC_ABFT");
   cmd->add_option("--scrub-mb", f->scrub_mb, "MiB of weights re-verified per telemetry reading (default 256; 0: off)")
       ->envname("FENNEC_SCRUB_MB");
   cmd->add_option("--sysfs-root", f->sysfs_root, "read /sys under this directory (tests; default /)")
