@@ -2,6 +2,7 @@
 clear errors it gives for bad input. Expected values come from the gguf package and from the
 llama.cpp reference fixtures, not from fennec itself."""
 import json
+import os
 import re
 import subprocess
 
@@ -129,6 +130,13 @@ def test_bench_json_has_llama_bench_fields(fennec):
             assert key in x
         assert x["model_n_params"] == n_params and x["model_size"] == size
         assert x["n_threads"] == 2 and len(x["samples_ts"]) == 2
+        # Energy per token: measured where a package counter exists, else labelled an estimate
+        # (this VM has none): declared watts over tokens/s, and its cost at the default prices.
+        assert x["energy_source"] in ("measured", "estimated") and x["joules_per_token"] > 0
+        if x["energy_source"] == "estimated":
+            watts = max(10.0, 5.0 * os.cpu_count())  # the documented default (hardware threads)
+            assert x["joules_per_token"] == pytest.approx(watts / x["avg_ts"], rel=1e-6)
+        assert x["usd_per_mtok"] > 0
         tokens = x["n_prompt"] or x["n_gen"] * x["n_parallel"]
         for ns, ts in zip(x["samples_ns"], x["samples_ts"]):
             assert ts == pytest.approx(tokens * 1e9 / ns, rel=1e-6)

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -11,6 +12,7 @@
 
 #include "engine/bench.h"
 #include "kernels/cpu/cpu_features.h"
+#include "metering/meter.h"
 #include "tools/fennec/commands.h"
 
 namespace fennec::cli {
@@ -32,6 +34,9 @@ struct Row {
   engine::BenchSamples s;
   double bandwidth = 0;  // bytes/s at this thread count (0: not measured)
   double roofline = 0;   // decode steps/s the bandwidth allows (tg tests with a bandwidth)
+  double joules_per_token = 0;
+  bool energy_measured = false;  // from the CPU package counters, else --device-watts x time
+  double usd_per_mtok = 0;       // energy at --price-kwh plus busy time at --price-hour
 };
 
 std::string test_name(const engine::BenchTest& t) {
@@ -50,6 +55,7 @@ void add_bench_command(CLI::App& app) {
   static int reps = 5, n_batch = 2048;
   static std::string output = "md";
   static bool json = false, no_bw = false;
+  static metering::MeterOptions mo;
   cmd->add_option("-m,--model", models, "GGUF model file(s)")->required()->delimiter(',');
   cmd->add_option("-p,--n-prompt", prompts, "prompt lengths (default 512; 0: none)")->delimiter(',');
   cmd->add_option("-n,--n-gen", gens, "tokens to generate (default 128; 0: none)")->delimiter(',');
@@ -62,6 +68,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-o,--output", output, "md or json (default md)");
   cmd->add_flag("--json", json, "same as -o json");
   cmd->add_flag("--no-bandwidth", no_bw, "skip the memory bandwidth measurement");
+  cmd->add_option("--device-watts", mo.device_watts,
+                  "declared power for the energy estimate where no energy counter exists (default: 5 W per "
+                  "logical CPU, at least 10 W)");
+  cmd->add_option("--price-kwh", mo.price_kwh, "USD per kWh for the cost per token (default 0.15)");
+  cmd->add_option("--price-hour", mo.price_hour, "USD per hour of the machine (default 0)");
   cmd->callback([] {
     if (json) output = "json";
     if (output != "md" && output != "json") {
@@ -93,6 +104,12 @@ void add_bench_command(CLI::App& app) {
     }
     std::vector<Row> rows;
     std::vector<std::pair<int, double>> bw_by_threads;
+    // Energy per token: measured from the package counters over each test (warm-up included, so
+    // per token it is the whole run's energy over all its tokens), else estimated.
+    std::string no_counter;
+    auto counter = metering::EnergyCounter::find("/", &no_counter);
+    const metering::StepMeter meter(mo, nullptr);  // for cost_of() and the default watts
+    const double watts = mo.device_watts > 0 ? mo.device_watts : metering::default_device_watts();
     for (const auto& path : models) {
       engine::LoadOptions o;
       o.n_threads = 1;
@@ -116,7 +133,11 @@ void add_bench_command(CLI::App& app) {
           bw = it->second;
         }
         for (const auto& t : tests) {
+          if (counter) counter->advance();
+          const auto t0 = std::chrono::steady_clock::now();
           auto s = engine::run_bench(**lm, pool, t, reps);
+          const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          const std::optional<double> run_j = counter ? counter->advance() : std::nullopt;
           if (!s) {
             std::fprintf(stderr, "fennec bench: %s\n", s.error().message.c_str());
             return set_exit_code(1);
@@ -124,6 +145,12 @@ void add_bench_command(CLI::App& app) {
           Row r{path, engine::model_description(**lm), engine::model_size_bytes(**lm),
                 engine::model_n_params(**lm), engine::decode_bytes_per_token(**lm), nt, t, *s, bw};
           if (t.n_gen > 0 && bw > 0) r.roofline = bw / static_cast<double>(r.bytes_per_token);
+          if (r.s.avg_ts > 0) {
+            const double tokens_per_run = static_cast<double>(t.n_prompt > 0 ? t.n_prompt : t.n_gen * t.n_parallel);
+            r.energy_measured = run_j.has_value() && *run_j > 0 && run_s > 0;
+            r.joules_per_token = r.energy_measured ? *run_j / (tokens_per_run * (reps + 1)) : watts / r.s.avg_ts;
+            r.usd_per_mtok = 1e6 * meter.cost_of(r.joules_per_token, 1.0 / r.s.avg_ts);
+          }
           if (md) {
             char tps[64];
             std::snprintf(tps, sizeof tps, "%.2f ± %.2f", r.s.avg_ts, r.s.stddev_ts);
@@ -152,6 +179,16 @@ void add_bench_command(CLI::App& app) {
                     static_cast<double>(r.bytes_per_token) / 1e6, roof, r.s.avg_ts / r.test.n_parallel,
                     100.0 * r.s.avg_ts / r.test.n_parallel / roof);
       }
+      bool any_estimate = false;
+      for (const auto& r : rows) any_estimate = any_estimate || (r.joules_per_token > 0 && !r.energy_measured);
+      if (any_estimate)
+        std::printf("energy: estimated at %.0f W declared (--device-watts) times the run time: %s\n", watts,
+                    no_counter.c_str());
+      for (const auto& r : rows)
+        if (r.joules_per_token > 0)
+          std::printf("energy %s, %d thread%s, %s: %.4f J/token (%s), $%.4f per million tokens\n",
+                      r.model_type.c_str(), r.threads, r.threads == 1 ? "" : "s", test_name(r.test).c_str(),
+                      r.joules_per_token, r.energy_measured ? "measured" : "estimated", r.usd_per_mtok);
       return;
     }
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
@@ -188,6 +225,11 @@ void add_bench_command(CLI::App& app) {
       j["samples_ns"] = r.s.ns;
       j["samples_ts"] = r.s.ts;
       j["simd"] = kernels::simd_level_name(kernels::active_simd_level());
+      if (r.joules_per_token > 0) {
+        j["joules_per_token"] = r.joules_per_token;
+        j["energy_source"] = r.energy_measured ? "measured" : "estimated";
+        j["usd_per_mtok"] = r.usd_per_mtok;
+      }
       if (r.bandwidth > 0) {
         j["mem_bandwidth_gbs"] = r.bandwidth / 1e9;
         if (r.roofline > 0) {
