@@ -2,6 +2,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/expected.h"
+#include "engine/loaded_model.h"
+
 namespace fennec::cli {
 
 void add_info_command(CLI::App& app);
@@ -13,6 +20,9 @@ void add_serve_command(CLI::App& app);       // serve
 void add_bench_command(CLI::App& app);       // bench
 void add_quantize_command(CLI::App& app);    // quantize
 void add_doctor_command(CLI::App& app);      // doctor
+// The text tools' shared steps; each prints its error ("fennec: ...") on failure.
+std::optional<std::string> read_text_file(const std::string& path);
+Expected<std::unique_ptr<engine::LoadedModel>> load_text_model(const std::string& path, int threads, int ctx);
 int exit_code();
 void set_exit_code(int code);
 

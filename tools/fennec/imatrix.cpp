@@ -22,22 +22,11 @@ void add_imatrix_command(CLI::App& app) {
   cmd->add_option("--chunks", chunks, "use at most this many chunks");
   cmd->add_flag("--process-output", process_output, "also collect output.weight");
   cmd->callback([] {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "fennec: %s: cannot read\n", file.c_str());
-      return set_exit_code(1);
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    engine::LoadOptions o;
-    o.n_threads = threads;
-    o.n_ctx = ctx;
-    auto lm = engine::LoadedModel::load(model, o);
-    if (!lm) {
-      std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
-      return set_exit_code(1);
-    }
-    std::vector<int32_t> ids = (*lm)->tokenizer().encode(ss.str(), true, false);
+    const std::optional<std::string> text = read_text_file(file);
+    if (!text) return set_exit_code(1);
+    auto lm = load_text_model(model, threads, ctx);
+    if (!lm) return set_exit_code(1);
+    std::vector<int32_t> ids = (*lm)->tokenizer().encode(*text, true, false);
     std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
     auto r =
         engine::compute_imatrix(**lm, ids, ctx, chunks, process_output, file, [](int c, double p) {

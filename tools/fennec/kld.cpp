@@ -23,32 +23,18 @@ void add_kld_command(CLI::App& app) {
   cmd->add_option("--chunks", chunks, "score at most this many chunks");
   cmd->add_flag("--json", json, "print the result as one JSON object");
   cmd->callback([] {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "fennec: %s: cannot read\n", file.c_str());
-      return set_exit_code(1);
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    engine::LoadOptions o;
-    o.n_threads = threads;
-    o.n_ctx = ctx;
-    auto lb = engine::LoadedModel::load(base, o);
-    if (!lb) {
-      std::fprintf(stderr, "fennec: %s\n", lb.error().message.c_str());
-      return set_exit_code(1);
-    }
-    auto lm = engine::LoadedModel::load(model, o);
-    if (!lm) {
-      std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
-      return set_exit_code(1);
-    }
+    const std::optional<std::string> text = read_text_file(file);
+    if (!text) return set_exit_code(1);
+    auto lb = load_text_model(base, threads, ctx);
+    if (!lb) return set_exit_code(1);
+    auto lm = load_text_model(model, threads, ctx);
+    if (!lm) return set_exit_code(1);
     if (auto s = engine::check_same_vocab(**lb, **lm); !s) {
       std::fprintf(stderr, "fennec: %s\n", s.error().message.c_str());
       return set_exit_code(1);
     }
     // The base model's tokens, as llama-perplexity --kl-divergence-base stores them.
-    std::vector<int32_t> ids = (*lb)->tokenizer().encode(ss.str(), true, false);
+    std::vector<int32_t> ids = (*lb)->tokenizer().encode(*text, true, false);
     std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
     std::fprintf(stderr,
                  "chunk      PPL        ln(PPL(Q)/PPL(base))   KL divergence      same top p\n");

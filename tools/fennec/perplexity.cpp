@@ -17,25 +17,14 @@ void add_perplexity_command(CLI::App& app) {
   cmd->add_option("-t,--threads", threads, "compute threads");
   cmd->add_option("--chunks", chunks, "score at most this many chunks");
   cmd->callback([] {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "fennec: %s: cannot read\n", file.c_str());
-      return set_exit_code(1);
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    engine::LoadOptions o;
-    o.n_threads = threads;
-    o.n_ctx = ctx;
-    auto lm = engine::LoadedModel::load(model, o);
-    if (!lm) {
-      std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
-      return set_exit_code(1);
-    }
+    const std::optional<std::string> text = read_text_file(file);
+    if (!text) return set_exit_code(1);
+    auto lm = load_text_model(model, threads, ctx);
+    if (!lm) return set_exit_code(1);
     const auto& tok = (*lm)->tokenizer();
     // BOS/EOS as the model's tokenizer adds them, special-token text kept as plain text
     // (llama-perplexity tokenizes the same way).
-    std::vector<int32_t> ids = tok.encode(ss.str(), /*add_special=*/true, /*parse_special=*/false);
+    std::vector<int32_t> ids = tok.encode(*text, /*add_special=*/true, /*parse_special=*/false);
     std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
     auto r = engine::perplexity(**lm, ids, ctx, chunks, [](int c, double p) {
       std::fprintf(stderr, "[%d]%.4f,", c + 1, p);
