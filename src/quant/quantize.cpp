@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/float_convert.h"
 #include "quant/dequantize.h"
@@ -16,6 +17,29 @@ using formats::GgmlType;
 namespace ref {
 
 namespace {
+
+// The block value of largest magnitude, with its sign (the first on a tie), as ggml's Q4_0/Q5_0
+// reference rounding takes it.
+float signed_absmax(const float* x) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < kQK; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
+
+// The block's minimum and maximum (Q4_1/Q5_1).
+std::pair<float, float> min_max(const float* x) {
+  float min = FLT_MAX, max = -FLT_MAX;
+  for (int j = 0; j < kQK; ++j) {
+    if (x[j] < min) min = x[j];
+    if (x[j] > max) max = x[j];
+  }
+  return {min, max};
+}
 
 // ggml's nearest_int: round half to even through the float mantissa (|x| < 2^22).
 inline int nearest_int(float fval) {
@@ -189,13 +213,7 @@ void quantize_bf16(const float* x, uint16_t* y, int64_t n) {
 
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
+    const float max = signed_absmax(x);
     const float d = max / -8;
     const float id = d ? 1.0f / d : 0.0f;
     y[i].d = fp16(d);
@@ -213,11 +231,7 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
 
 void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float min = FLT_MAX, max = -FLT_MAX;
-    for (int j = 0; j < kQK; ++j) {
-      if (x[j] < min) min = x[j];
-      if (x[j] > max) max = x[j];
-    }
+    const auto [min, max] = min_max(x);
     const float d = (max - min) / 15;
     const float id = d ? 1.0f / d : 0.0f;
     y[i].d = fp16(d);
@@ -236,13 +250,7 @@ void quantize_q4_1(const float* x, BlockQ4_1* y, int64_t nb) {
 
 void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (amax < std::fabs(x[j])) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
+    const float max = signed_absmax(x);
     const float d = max / -16;
     const float id = d ? 1.0f / d : 0.0f;
     y[i].d = fp16(d);
@@ -264,11 +272,7 @@ void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
 
 void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK) {
-    float min = FLT_MAX, max = -FLT_MAX;
-    for (int j = 0; j < kQK; ++j) {
-      if (x[j] < min) min = x[j];
-      if (x[j] > max) max = x[j];
-    }
+    const auto [min, max] = min_max(x);
     const float d = (max - min) / 31;
     const float id = d ? 1.0f / d : 0.0f;
     y[i].d = fp16(d);
