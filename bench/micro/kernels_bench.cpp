@@ -19,6 +19,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_dot.h"
+#include "kernels/cpu/repack.h"
 
 namespace {
 
@@ -104,6 +105,77 @@ void BM_Matmul(benchmark::State& st, GgmlType t, int64_t rows, int64_t cols) {
   st.counters["GFLOP"] = benchmark::Counter(2.0 * rows * cols * tokens * iters / 1e9, benchmark::Counter::kIsRate);
 }
 
+// One decode token through weights far larger than the caches, as a 1B model's step reads them:
+// 32 repacked 8192 x 2048 matrices (about 300 MB in Q4_0), each product reading the next matrix,
+// so every byte comes from DRAM. "Stream/read" is a plain vector read of the same bytes, the
+// bandwidth the products can approach. GB = weight bytes read per second.
+struct StreamSet {
+  static constexpr int64_t kRows = 8192, kCols = 2048, kMats = 32;
+  GgmlType type;
+  std::vector<std::vector<uint8_t>> originals;
+  std::vector<k::WeightView> views;
+  k::PackedWeights packed;
+  int64_t bytes = 0;
+  explicit StreamSet(GgmlType t) : type(t) {
+    const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
+    const auto rb = static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(kCols)));
+    const auto one = random_weights(t, kRows, kCols);
+    for (int64_t m = 0; m < kMats; ++m) {
+      originals.push_back(one);  // packing reads them once; the products read the packed copies
+      views.push_back(k::WeightView{t, originals.back().data(), kRows, kCols, rb});
+      packed.pack(views.back(), pool(2));
+      bytes += views.back().packed ? k::packed_bytes(t, kRows, kCols) : kRows * rb;
+    }
+    originals.clear();  // the packed copies are all that is read
+    for (auto& v : views)
+      if (!v.packed) v.data = nullptr;
+  }
+};
+
+void BM_Stream(benchmark::State& st, GgmlType t) {
+  static std::unique_ptr<StreamSet> set;
+  if (!set || set->type != t) {
+    set.reset();
+    set = std::make_unique<StreamSet>(t);
+  }
+  if (!set->views[0].packed) {
+    st.SkipWithError("not packed (FENNEC_REPACK=0?)");
+    return;
+  }
+  const int threads = static_cast<int>(st.range(0));
+  const auto x = random_floats(StreamSet::kCols, 3);
+  std::vector<float> y(StreamSet::kRows);
+  for (auto _ : st) {
+    for (const auto& v : set->views) k::matmul(v, x.data(), 1, y.data(), pool(threads));
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GB"] = benchmark::Counter(static_cast<double>(set->bytes) * static_cast<double>(st.iterations()) / 1e9,
+                                         benchmark::Counter::kIsRate);
+}
+
+void BM_StreamRead(benchmark::State& st) {
+  constexpr int64_t kBytes = int64_t{300} << 20;
+  static std::vector<uint64_t> buf(kBytes / 8, 1);
+  const int threads = static_cast<int>(st.range(0));
+  std::vector<uint64_t> sums(2);
+  for (auto _ : st) {
+    pool(threads).parallel_for(kBytes / 4096, [&](int64_t c0, int64_t c1) {
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t i = c0 * 512; i < c1 * 512; i += 4) {
+        s0 += buf[i];
+        s1 += buf[i + 1];
+        s2 += buf[i + 2];
+        s3 += buf[i + 3];
+      }
+      sums[c0 == 0 ? 0 : 1] += s0 + s1 + s2 + s3;
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  st.counters["GB"] = benchmark::Counter(static_cast<double>(kBytes) * static_cast<double>(st.iterations()) / 1e9,
+                                         benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_StreamRead)->Name("Stream/read")->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+
 void matmul_args(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
     for (int tokens : {1, 4, 32, 512}) b->Args({tokens, threads});
@@ -186,6 +258,12 @@ const int kRegistered = [] {
                                  [t, rows, cols](benchmark::State& st) { BM_Matmul(st, t, rows, cols); })
         ->Apply(matmul_args);
   }
+  for (const auto& [t, name] : {std::pair{GgmlType::Q4_0, "Q4_0"}, {GgmlType::Q8_0, "Q8_0"}, {GgmlType::Q4_K, "Q4_K"}})
+    benchmark::RegisterBenchmark((std::string("Stream/") + name).c_str(), [t](benchmark::State& st) { BM_Stream(st, t); })
+        ->Arg(1)
+        ->Arg(2)
+        ->ArgName("threads")
+        ->UseRealTime();
   return 0;
 }();
 

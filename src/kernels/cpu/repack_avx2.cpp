@@ -65,7 +65,8 @@ inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
 
 // Outputs of rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8].
 template <class L, int T>
-void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int h, int64_t t0, float* out) {
+void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int h, int64_t t0, float* out,
+               const packed::Prefetcher* pf, int64_t step0) {
   __m256 acc[T];
   const BlockQ8_0* act[T];
   for (int t = 0; t < T; ++t) {
@@ -76,6 +77,7 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, 
   const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step(step0 + b);
     __m256i w[8];
     unpack<L>(grp + b * packed::block_bytes<L>(), h, w);
     __m256 dw[L::kScales];
@@ -118,10 +120,11 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, 
 }
 
 template <class L, int T>
-void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0, int64_t nr) {
+void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0, int64_t nr,
+          const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  half_tile<L, T>(a, grp, sc, 0, t0, &out[0][0][0]);
-  if (nr > 8) half_tile<L, T>(a, grp, sc, 1, t0, &out[1][0][0]);
+  half_tile<L, T>(a, grp, sc, 0, t0, &out[0][0][0], pf, step0);
+  if (nr > 8) half_tile<L, T>(a, grp, sc, 1, t0, &out[1][0][0], nullptr, 0);
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
@@ -131,21 +134,24 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
 template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const int64_t gbytes = packed::group_stride<L>(a.nb);
+  const packed::Prefetcher pf(a.w + g0 * gbytes, a.w + g1 * gbytes, (g1 - g0) * a.nb);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    const int64_t step0 = (g - g0) * a.nb;  // the first token tile prefetches
     int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, sc, t, row0, nr);
-    if (t < a.n_tokens) tile<L, 1>(a, grp, sc, t, row0, nr);
+    for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, sc, t, row0, nr, t == 0 ? &pf : nullptr, step0);
+    if (t < a.n_tokens) tile<L, 1>(a, grp, sc, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
 }
 
 // Q4_K: sub-block j's 8 steps (nibbles <= 15: eight int16 pair sums stay below 30480), one
 // vpmaddwd to int32, vpmulld by the 6-bit scales; the mins through vpmaddwd on int16 pairs.
 template <int T>
-void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
+              const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q4K;
   const quant::BlockQ8K* act[T];
   __m256 acc[T];
@@ -157,6 +163,7 @@ void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q4K::kBytes;
+    if (pf) pf->step(step0 + sb);
     __m256i isum[T];
     for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
@@ -197,7 +204,8 @@ void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
 // Q6_K: u <= 63, so two steps of int16 pair sums stay below 2 * 2 * 63 * 128 = 32256 before
 // vpmaddwd; each 16-column group starts at -32 * its activation sum, scaled by vpmulld.
 template <int T>
-void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
+void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
+              const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q6K;
   const quant::BlockQ8K* act[T];
   __m256 acc[T];
@@ -209,6 +217,7 @@ void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q6K::kBytes;
+    if (pf) pf->step(step0 + sb);
     __m256i isum[T];
     for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
@@ -248,23 +257,26 @@ void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
 struct Q4KHalves {
   static constexpr int64_t kBytes = packed::Q4K::kBytes;
   template <int T>
-  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
-    q4k_half<T>(a, grp, h, t0, out);
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
+                  const packed::Prefetcher* pf, int64_t step0) {
+    q4k_half<T>(a, grp, h, t0, out, pf, step0);
   }
 };
 struct Q6KHalves {
   static constexpr int64_t kBytes = packed::Q6K::kBytes;
   template <int T>
-  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out) {
-    q6k_half<T>(a, grp, h, t0, out);
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
+                  const packed::Prefetcher* pf, int64_t step0) {
+    q6k_half<T>(a, grp, h, t0, out, pf, step0);
   }
 };
 
 template <class K, int T>
-void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr) {
+void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
+                 const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  K::template run<T>(a, grp, 0, t0, &out[0][0][0]);
-  if (nr > 8) K::template run<T>(a, grp, 1, t0, &out[1][0][0]);
+  K::template run<T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
+  if (nr > 8) K::template run<T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
@@ -273,13 +285,15 @@ void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_
 
 template <class K>
 void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  const packed::Prefetcher pf(a.w + g0 * a.nb * K::kBytes, a.w + g1 * a.nb * K::kBytes, (g1 - g0) * a.nb);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    const int64_t step0 = (g - g0) * a.nb;  // the first token tile prefetches
     int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) kquant_tile<K, 2>(a, grp, t, row0, nr);
-    if (t < a.n_tokens) kquant_tile<K, 1>(a, grp, t, row0, nr);
+    for (; t + 2 <= a.n_tokens; t += 2) kquant_tile<K, 2>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
+    if (t < a.n_tokens) kquant_tile<K, 1>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
 }
 

@@ -71,7 +71,7 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
 
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0,
-          __mmask16 mask, const uint8_t* next, int64_t next_lines_per_block) {
+          __mmask16 mask, const packed::Prefetcher* pf, int64_t step0) {
   __m512 acc[T];
   const BlockQ8_0* act[T];
 #pragma GCC unroll 8
@@ -83,10 +83,7 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
   const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   for (int64_t b = 0; b < a.nb; ++b) {
     __m512i w[8];
-    // The hardware prefetcher stops at page boundaries; walk the next group's bytes ahead
-    // (a few lines per block), so its pages are in flight when this group ends.
-    for (int64_t k = 0; k < next_lines_per_block; ++k)
-      _mm_prefetch(reinterpret_cast<const char*>(next) + 64 * (b * next_lines_per_block + k), _MM_HINT_T0);
+    if (pf) pf->step(step0 + b);
     unpack<L>(grp + b * packed::block_bytes<L>(), w);
     __m512 dw[L::kScales];
 #pragma GCC unroll 2
@@ -126,28 +123,26 @@ template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 8;
   const int64_t gbytes = packed::group_stride<L>(a.nb);
+  const packed::Prefetcher pf(a.w + g0 * gbytes, a.w + g1 * gbytes, (g1 - g0) * a.nb);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    // Prefetch the next group during the last token tile (the one pass over this group when
-    // there are few tokens).
-    const bool pf = g + 1 < g1;
-    const int64_t lines = pf ? (gbytes / 64 + a.nb - 1) / a.nb : 0;
-    const uint8_t* next = grp + gbytes;
+    // The first token tile over this group prefetches (the one pass when there are few tokens).
+    const int64_t step0 = (g - g0) * a.nb;
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT)
-      tile<L, kT>(a, grp, sc, t, row0, mask, next, t + kT == a.n_tokens ? lines : 0);
+    for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, sc, t, row0, mask, t == 0 ? &pf : nullptr, step0);
+    const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
     switch (a.n_tokens - t) {
-      case 7: tile<L, 7>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 6: tile<L, 6>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 5: tile<L, 5>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 4: tile<L, 4>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 3: tile<L, 3>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 2: tile<L, 2>(a, grp, sc, t, row0, mask, next, lines); break;
-      case 1: tile<L, 1>(a, grp, sc, t, row0, mask, next, lines); break;
+      case 7: tile<L, 7>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 6: tile<L, 6>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 5: tile<L, 5>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 4: tile<L, 4>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 3: tile<L, 3>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 2: tile<L, 2>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 1: tile<L, 1>(a, grp, sc, t, row0, mask, p, step0); break;
       default: break;
     }
   }
@@ -157,7 +152,8 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 // pair j/2; its exact dot is scaled by vpmulld with the rows' 6-bit scales, and the mins meet
 // the activation sums through vpmaddwd on (min 2p, min 2p+1) int16 pairs.
 template <int T>
-void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
+              const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q4K;
   const quant::BlockQ8K* act[T];
   __m512 acc[T];
@@ -169,6 +165,7 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q4K::kBytes;
+    if (pf) pf->step(step0 + sb);
     __m512i isum[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
@@ -217,7 +214,8 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
 // Q6_K (repack_layout.h): per sub-block, the 8 steps are nibbles plus two bit planes; each
 // 16-column group's exact dot starts at -32 * (its activation sum) and is scaled by vpmulld.
 template <int T>
-void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
+void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
+              const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q6K;
   const quant::BlockQ8K* act[T];
   __m512 acc[T];
@@ -229,6 +227,7 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q6K::kBytes;
+    if (pf) pf->step(step0 + sb);
     __m512i isum[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
@@ -271,32 +270,37 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
 struct Q4KTiles {
   static constexpr int64_t kBytes = packed::Q4K::kBytes;
   template <int T>
-  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
-    q4k_tile<T>(a, grp, t0, row0, mask);
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
+                  const packed::Prefetcher* pf, int64_t step0) {
+    q4k_tile<T>(a, grp, t0, row0, mask, pf, step0);
   }
 };
 struct Q6KTiles {
   static constexpr int64_t kBytes = packed::Q6K::kBytes;
   template <int T>
-  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask) {
-    q6k_tile<T>(a, grp, t0, row0, mask);
+  static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
+                  const packed::Prefetcher* pf, int64_t step0) {
+    q6k_tile<T>(a, grp, t0, row0, mask, pf, step0);
   }
 };
 
 template <class K>
 void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 4;
+  const packed::Prefetcher pf(a.w + g0 * a.nb * K::kBytes, a.w + g1 * a.nb * K::kBytes, (g1 - g0) * a.nb);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const int64_t step0 = (g - g0) * a.nb;
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) K::template run<kT>(a, grp, t, row0, mask);
+    for (; t + kT <= a.n_tokens; t += kT) K::template run<kT>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
+    const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
     switch (a.n_tokens - t) {
-      case 3: K::template run<3>(a, grp, t, row0, mask); break;
-      case 2: K::template run<2>(a, grp, t, row0, mask); break;
-      case 1: K::template run<1>(a, grp, t, row0, mask); break;
+      case 3: K::template run<3>(a, grp, t, row0, mask, p, step0); break;
+      case 2: K::template run<2>(a, grp, t, row0, mask, p, step0); break;
+      case 1: K::template run<1>(a, grp, t, row0, mask, p, step0); break;
       default: break;
     }
   }
