@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <fstream>
+#include <set>
+#include <string>
+#include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -72,8 +76,13 @@ void futex_wake_all(std::atomic<uint32_t>& word) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+ThreadPool::ThreadPool(int n_threads, bool pin) : n_threads_(std::max(1, n_threads)) {
+  if (pin) cpus_ = pin_cpus();
+  for (int i = 1; i < n_threads_; ++i)
+    threads_.emplace_back([this, i] {
+      if (!cpus_.empty()) pin_this_thread(cpus_[static_cast<size_t>(i) % cpus_.size()]);
+      worker(i);
+    });
 }
 
 ThreadPool::~ThreadPool() {
@@ -109,6 +118,10 @@ void ThreadPool::worker(int index) {
 }
 
 void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
+  if (!cpus_.empty() && pinned_caller_ != std::this_thread::get_id()) {
+    pin_this_thread(cpus_[0]);
+    pinned_caller_ = std::this_thread::get_id();
+  }
   if (n_threads_ == 1) {
     fn(0, 1);
     return;
@@ -139,6 +152,40 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     const int64_t e = std::min<int64_t>(n, b + chunk);
     if (b < e) fn(b, e);
   });
+}
+
+bool pin_this_thread(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof(set), &set) == 0;
+}
+
+std::vector<int> pin_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> allowed;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) allowed.push_back(c);
+  if (allowed.empty()) allowed.push_back(0);
+  auto read_id = [](int cpu, const char* what) {
+    const std::string path = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/" + what;
+    std::ifstream in(path);
+    long v = -1;
+    return in >> v ? v : -1;
+  };
+  std::vector<int> first, rest;
+  std::set<std::pair<long, long>> cores;
+  for (int c : allowed) {
+    const long pkg = read_id(c, "physical_package_id"), core = read_id(c, "core_id");
+    if (pkg < 0 || core < 0 || cores.insert({pkg, core}).second)
+      first.push_back(c);
+    else
+      rest.push_back(c);
+  }
+  first.insert(first.end(), rest.begin(), rest.end());
+  return first;
 }
 
 int default_thread_count() {

@@ -17,7 +17,9 @@ namespace fennec {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);
+  // pin: thread i (the caller being thread 0) runs only on CPU pin_cpus()[i % size], set when
+  // the worker starts and, for the caller, on its first job from each calling thread.
+  explicit ThreadPool(int n_threads, bool pin = false);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -45,7 +47,15 @@ class ThreadPool {
   alignas(64) std::atomic<uint32_t> sleepers_{0};    // workers asleep (or about to) on generation_
   std::atomic<uint32_t> caller_sleeping_{0};         // the caller asleep (or about to) on pending_
   int64_t caller_spin_ns_ = 50'000;                  // the caller's spin budget (see the .cpp)
+  std::vector<int> cpus_;                            // pin: the CPUs, thread i on cpus_[i % size]
+  std::thread::id pinned_caller_;                    // the calling thread pinned last
 };
+
+// The CPUs to pin threads to: those the process may run on, one per physical core first (the
+// lowest-numbered logical CPU of each core, by sysfs topology), then their other SMT siblings.
+std::vector<int> pin_cpus();
+// Binds the calling thread to one CPU; false if the system refuses.
+bool pin_this_thread(int cpu);
 
 // Threads to use when the user gives none: the physical cores the process may run on.
 int default_thread_count();

@@ -5,12 +5,14 @@
 
 #include <gtest/gtest.h>
 #include <immintrin.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -285,6 +287,30 @@ TEST(ThreadPoolKernelTest, BackToBackAndSleepingJobsAllComplete) {
     });
     EXPECT_EQ(hits.load(), (1 << threads) - 1);
   }
+}
+
+// Pinning: each thread of a pinned pool runs on exactly its CPU of pin_cpus() during a job, the
+// list holds every CPU the process may use once, and the caller's affinity comes back after.
+TEST(ThreadPoolKernelTest, PinnedThreadsRunOnTheirCpus) {
+  cpu_set_t saved;
+  CPU_ZERO(&saved);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  const std::vector<int> cpus = pin_cpus();
+  ASSERT_EQ(static_cast<int>(cpus.size()), CPU_COUNT(&saved));
+  EXPECT_EQ(std::set<int>(cpus.begin(), cpus.end()).size(), cpus.size());
+  {
+    ThreadPool pool(3, /*pin=*/true);
+    std::vector<int> seen(3, -2);
+    pool.run_on_all([&](int i, int) {
+      cpu_set_t mine;
+      CPU_ZERO(&mine);
+      if (sched_getaffinity(0, sizeof(mine), &mine) != 0 || CPU_COUNT(&mine) != 1) return;
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &mine)) seen[static_cast<size_t>(i)] = c;
+    });
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(seen[static_cast<size_t>(i)], cpus[static_cast<size_t>(i) % cpus.size()]) << i;
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
 }
 
 }  // namespace
