@@ -86,6 +86,7 @@ struct RequestState {
     bool started = false;  // stream: role chunk sent
     int n_generated = 0;
     Clock::time_point t_last;
+    int64_t text_offset = 0;              // completions logprobs: characters of the tokens so far
     double joules = 0, cost = 0;          // metered runs, from the last event
     const char* energy_source = nullptr;  // "measured" / "estimated"
   };
@@ -128,7 +129,9 @@ struct ApiServer::Impl {
   void run_request(std::shared_ptr<RequestState> st, const GenerationOptions& o,
                    const std::vector<std::vector<int32_t>>& prompts, const std::string& body);
   void on_event(const std::shared_ptr<RequestState>& st, size_t choice, const engine::SeqEvent& ev);
-  json choice_logprobs(const RequestState& st, const std::vector<engine::TokenOut>& toks) const;
+  // text_offset (completions): where each token starts in the choice's text, in characters,
+  // counted on from *offset (a stream's choice continues across chunks).
+  json choice_logprobs(const RequestState& st, const std::vector<engine::TokenOut>& toks, int64_t* offset) const;
   json usage(const RequestState& st) const;
   void finish_request(const std::shared_ptr<RequestState>& st);
   void refresh_engine_metrics();
@@ -517,7 +520,8 @@ void ApiServer::Impl::run_request(std::shared_ptr<RequestState> st, const Genera
   }
 }
 
-json ApiServer::Impl::choice_logprobs(const RequestState& st, const std::vector<engine::TokenOut>& toks) const {
+json ApiServer::Impl::choice_logprobs(const RequestState& st, const std::vector<engine::TokenOut>& toks,
+                                      int64_t* offset) const {
   const auto& tok = model.load()->tokenizer();
   if (st.chat) {
     json content = json::array();
@@ -534,7 +538,11 @@ json ApiServer::Impl::choice_logprobs(const RequestState& st, const std::vector<
   }
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
   for (const auto& t : toks) {
-    tokens.push_back(tok.token_bytes(t.id));
+    const std::string b = tok.token_bytes(t.id);
+    offsets.push_back(*offset);
+    // Characters = UTF-8 lead bytes (a character split across tokens counts where it starts).
+    for (const char ch : b) *offset += (static_cast<unsigned char>(ch) & 0xC0) != 0x80;
+    tokens.push_back(b);
     lps.push_back(t.logprob);
     json top = json::object();
     for (const auto& [id, lp] : t.top) top[tok.token_bytes(id)] = lp;
@@ -618,7 +626,7 @@ void ApiServer::Impl::on_event(const std::shared_ptr<RequestState>& st, size_t i
              {"finish_reason", nullptr}});
     }
     if (!ev.text.empty() || (n_new > 0 && st->want_logprobs)) {
-      json ch = {{"index", index}, {"logprobs", st->want_logprobs ? choice_logprobs(*st, ev.tokens) : json()},
+      json ch = {{"index", index}, {"logprobs", st->want_logprobs ? choice_logprobs(*st, ev.tokens, &c.text_offset) : json()},
                  {"finish_reason", nullptr}};
       if (st->chat) {
         ch["delta"] = {{"content", ev.text}};
@@ -674,9 +682,10 @@ void ApiServer::Impl::finish_request(const std::shared_ptr<RequestState>& st) {
     json choices = json::array();
     for (size_t i = 0; i < st->choices.size(); ++i) {
       const auto& c = st->choices[i];
+      int64_t off = 0;
       json ch = {{"index", static_cast<int>(i)},
                  {"finish_reason", c.finish},
-                 {"logprobs", st->want_logprobs ? choice_logprobs(*st, c.tokens) : json()}};
+                 {"logprobs", st->want_logprobs ? choice_logprobs(*st, c.tokens, &off) : json()}};
       if (st->chat) {
         ch["message"] = {{"role", "assistant"}, {"content", c.text}};
       } else {

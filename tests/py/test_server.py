@@ -151,6 +151,16 @@ def test_logprobs(client, model_id):
     c = client.completions.create(model=model_id, prompt="Hello", max_tokens=4, temperature=0, logprobs=2)
     assert len(c.choices[0].logprobs.token_logprobs) == c.usage.completion_tokens
     assert all(len(t) == 2 for t in c.choices[0].logprobs.top_logprobs)
+    # text_offset: where each token starts in the text, in characters (as vLLM and OpenAI give it).
+    lp = c.choices[0].logprobs
+    assert len(lp.text_offset) == len(lp.tokens) and lp.text_offset[0] == 0
+    for i in range(1, len(lp.tokens)):
+        assert lp.text_offset[i] == lp.text_offset[i - 1] + len(lp.tokens[i - 1]), lp
+    # A stream's offsets go on from chunk to chunk and give the same values.
+    s = client.completions.create(model=model_id, prompt="Hello", max_tokens=4, temperature=0, logprobs=2,
+                                  stream=True)
+    streamed = [o for ch in s for c2 in ch.choices if c2.logprobs for o in c2.logprobs.text_offset]
+    assert streamed == lp.text_offset
 
 
 def _err(status, body, param=None, code=None, want=400):
