@@ -108,8 +108,23 @@ struct Plan {
   std::string scale_name;                                // NVFP4 per-tensor scale to write, "" none
   std::string note;
   int64_t n_mat = 1;
-  std::vector<std::vector<float>> weights;  // per matrix, imatrix means (empty: none)
+  std::vector<std::vector<float>> weights;  // per matrix, FP4 search importance (empty: none)
+  bool imatrix_weights = false;  // the weights are imatrix means (they weight the stats too)
+  bool kurtosis = false;         // the weights come from the column kurtosis (first pass)
+  std::string importance;        // where the weights come from, for the log
 };
+
+// Reads a 1-D tensor of n values as F32, or returns false.
+bool read_vector(const formats::GgufTensor* t, int64_t n, std::vector<float>& out) {
+  if (t == nullptr || t->n_rows() != 1 || static_cast<int64_t>(t->row_length()) != n ||
+      !can_dequantize(t->type))
+    return false;
+  out.resize(static_cast<size_t>(n));
+  if (!dequantize_row(t->type, t->data, out.data(), n)) return false;
+  for (float v : out)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
 
 std::string fmt_g(double v) {
   char b[32];
@@ -118,6 +133,73 @@ std::string fmt_g(double v) {
 }
 
 }  // namespace
+
+std::string input_norm_of(const std::string& weight_name) {
+  static const std::regex attn(R"(^(blk\.\d+\.)attn_(q|k|v|qkv)\.weight$)");
+  static const std::regex ffn(R"(^(blk\.\d+\.)ffn_(gate|up|gate_up)(_exps|_shexp)?\.weight$)");
+  static const std::regex router(R"(^(blk\.\d+\.)ffn_gate_inp(_shexp)?\.weight$)");
+  std::smatch m;
+  if (std::regex_match(weight_name, m, attn)) return m[1].str() + "attn_norm.weight";
+  if (std::regex_match(weight_name, m, ffn) || std::regex_match(weight_name, m, router))
+    return m[1].str() + "ffn_norm.weight";
+  return "";
+}
+
+ColumnKurtosis::ColumnKurtosis(int64_t n_cols)
+    : m2_(static_cast<size_t>(n_cols), 0.0), m4_(static_cast<size_t>(n_cols), 0.0) {}
+
+void ColumnKurtosis::add_row(const float* x) {
+  for (size_t j = 0; j < m2_.size(); ++j) {
+    const double v2 = static_cast<double>(x[j]) * x[j];
+    m2_[j] += v2;
+    m4_[j] += v2 * v2;
+  }
+  ++rows_;
+}
+
+void ColumnKurtosis::merge(const ColumnKurtosis& other) {
+  for (size_t j = 0; j < m2_.size(); ++j) {
+    m2_[j] += other.m2_[j];
+    m4_[j] += other.m4_[j];
+  }
+  rows_ += other.rows_;
+}
+
+std::vector<float> ColumnKurtosis::weights(double power) const {
+  const size_t n = m2_.size();
+  std::vector<float> w(n, 1.0f);
+  if (rows_ == 0) return w;
+  const auto rows = static_cast<double>(rows_);
+  double sum = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const double a2 = m2_[j] / rows, a4 = m4_[j] / rows;
+    if (a2 > 0) w[j] = static_cast<float>(a4 / (a2 * a2));
+    if (power != 1.0) w[j] = static_cast<float>(std::pow(static_cast<double>(w[j]), power));
+    sum += w[j];
+  }
+  if (!(sum > 0) || !std::isfinite(sum)) return std::vector<float>(n, 1.0f);
+  const double mean = sum / static_cast<double>(n);
+  for (auto& v : w) v = static_cast<float>(v / mean);
+  return w;
+}
+
+std::vector<float> norm_importance(const float* g, const float* b, int64_t n) {
+  std::vector<float> w(static_cast<size_t>(n), 1.0f);
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double v =
+        static_cast<double>(g[j]) * g[j] + (b ? static_cast<double>(b[j]) * b[j] : 0.0);
+    w[static_cast<size_t>(j)] = static_cast<float>(v);
+    sum += v;
+  }
+  if (!(sum > 0.0) || !std::isfinite(sum)) {
+    std::fill(w.begin(), w.end(), 1.0f);
+    return w;
+  }
+  const double inv_mean = static_cast<double>(n) / sum;
+  for (auto& v : w) v = static_cast<float>(v * inv_mean);
+  return w;
+}
 
 Expected<TensorTypeRule> parse_tensor_type_rule(const std::string& arg) {
   const auto eq = arg.rfind('=');
@@ -296,6 +378,32 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
         if (auto st = check_imatrix_entry(t.name, *e, static_cast<int64_t>(ne0), p.n_mat); !st)
           return make_error(opt.imatrix_path + ": " + st.error().message);
         for (int64_t m = 0; m < p.n_mat; ++m) p.weights.push_back(e->mean(e->n_mat() == 1 ? 0 : m));
+        p.imatrix_weights = true;
+        p.importance = "imatrix";
+      }
+    }
+    const bool fp4_search =
+        !opt.naive && (p.out_type == GgmlType::NVFP4 || p.out_type == GgmlType::MXFP4);
+    if (fp4_search && !p.copy && rows > 1 && p.weights.empty()) {
+      p.importance = "uniform";
+      if (opt.auto_importance == AutoImportance::kKurtosis) {
+        p.kurtosis = true;  // computed in the first pass over the weights
+        p.importance = "kurtosis";
+      } else if (opt.auto_importance == AutoImportance::kNorm) {
+        const std::string norm = input_norm_of(t.name);
+        std::vector<float> g, b;
+        const auto n = static_cast<int64_t>(ne0);
+        if (!norm.empty() && read_vector(in.find_tensor(norm), n, g)) {
+          const std::string bias = norm.substr(0, norm.size() - 7) + ".bias";
+          const bool has_bias = read_vector(in.find_tensor(bias), n, b);
+          p.weights.assign(static_cast<size_t>(p.n_mat),
+                           norm_importance(g.data(), has_bias ? b.data() : nullptr, n));
+          p.importance = "norm (" + norm + (has_bias ? " + bias" : "") + ")";
+        } else if (!norm.empty()) {
+          p.importance = "uniform (no usable " + norm + ")";
+        } else {
+          p.importance = "uniform (no norm in front)";
+        }
       }
     }
     plans.push_back(std::move(p));
@@ -342,6 +450,7 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
     tr.out_type = p.out_type;
     tr.n_elements = t.n_elements();
     tr.note = p.note;
+    tr.importance = p.importance;
     if (p.copy) {
       if (auto st = w.write_tensor_data(t.data, t.n_bytes); !st) return st.error();
       if (p.in_scale_tensor)
@@ -356,7 +465,7 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
       const size_t in_row_bytes = formats::row_bytes(in_tr, ne0);
       const size_t out_row_bytes = formats::row_bytes(out_tr, ne0);
       std::vector<uint8_t> out(out_row_bytes * static_cast<size_t>(n_rows));
-      const bool weighted = !p.weights.empty();
+      const bool weighted = p.imatrix_weights;
       std::mutex mu;
       std::string error;
       auto set_error = [&](std::string e) {
@@ -387,28 +496,40 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
         return true;
       };
 
-      // NVFP4 per-tensor scales: a first pass for amax per matrix.
+      // First pass: amax per matrix (NVFP4 per-tensor scales), column kurtosis per matrix.
       std::vector<float> g(static_cast<size_t>(p.n_mat), 1.0f);
-      if (!p.scale_name.empty()) {
+      if (!p.scale_name.empty() || p.kurtosis) {
         std::vector<float> amax(static_cast<size_t>(p.n_mat), 0.0f);
+        std::vector<ColumnKurtosis> kurt;
+        if (p.kurtosis) kurt.assign(static_cast<size_t>(p.n_mat), ColumnKurtosis(ne0));
         pool.parallel_for(n_rows, [&](int64_t b, int64_t e) {
           std::vector<float> buf(static_cast<size_t>(kChunk * ne0));
           std::vector<float> local(static_cast<size_t>(p.n_mat), 0.0f);
+          std::vector<ColumnKurtosis> lk;
+          if (p.kurtosis) lk.assign(static_cast<size_t>(p.n_mat), ColumnKurtosis(ne0));
           for (int64_t r0 = b; r0 < e; r0 += kChunk) {
             const int64_t n = std::min(kChunk, e - r0);
             if (!load_rows(r0, n, buf.data())) return;
             for (int64_t r = 0; r < n; ++r) {
-              float& a = local[static_cast<size_t>((r0 + r) / rows_per_mat)];
-              for (int64_t j = 0; j < ne0; ++j) a = std::max(a, std::fabs(buf[r * ne0 + j]));
+              const auto m = static_cast<size_t>((r0 + r) / rows_per_mat);
+              const float* x = buf.data() + r * ne0;
+              for (int64_t j = 0; j < ne0; ++j) local[m] = std::max(local[m], std::fabs(x[j]));
+              if (p.kurtosis) lk[m].add_row(x);
             }
           }
-          std::lock_guard<std::mutex> lk(mu);
+          std::lock_guard<std::mutex> lock(mu);
           for (size_t m = 0; m < amax.size(); ++m) amax[m] = std::max(amax[m], local[m]);
+          for (size_t m = 0; m < lk.size(); ++m) kurt[m].merge(lk[m]);
         });
         if (!error.empty()) return make_error(error);
-        for (size_t m = 0; m < g.size(); ++m)
-          g[m] = amax[m] > 0.0f ? amax[m] / (6.0f * 448.0f) : 1.0f;
-        tr.tensor_scale = g[0];
+        if (!p.scale_name.empty()) {
+          for (size_t m = 0; m < g.size(); ++m)
+            g[m] = amax[m] > 0.0f ? amax[m] / (6.0f * 448.0f) : 1.0f;
+          tr.tensor_scale = g[0];
+        }
+        const double power = p.out_type == GgmlType::NVFP4 ? ColumnKurtosis::kNvfp4Power
+                                                           : ColumnKurtosis::kMxfp4Power;
+        for (const auto& k : kurt) p.weights.push_back(k.weights(power));
       }
 
       double sum_err2 = 0, sum_x2 = 0, max_abs = 0;
@@ -423,7 +544,9 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
             const int64_t row = r0 + r;
             const int64_t m = row / rows_per_mat;
             const float* x = buf.data() + r * ne0;
-            const float* cw = weighted ? p.weights[static_cast<size_t>(m)].data() : nullptr;
+            const float* cw =
+                p.weights.empty() ? nullptr : p.weights[static_cast<size_t>(m)].data();
+            const float* sw = weighted ? cw : nullptr;  // statistics: imatrix weights only
             uint8_t* dst = out.data() + row * out_row_bytes;
             const float gm = g[static_cast<size_t>(m)];
             if (p.out_type == GgmlType::NVFP4 && !opt.naive) {
@@ -439,7 +562,7 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
               return;
             }
             for (int64_t j = 0; j < ne0; ++j) {
-              const double wj = cw ? cw[j] : 1.0;
+              const double wj = sw ? sw[j] : 1.0;
               const double d = static_cast<double>(x[j]) - static_cast<double>(deq[j]) * gm;
               l_err2 += wj * d * d;
               l_x2 += wj * static_cast<double>(x[j]) * x[j];
@@ -470,6 +593,8 @@ Expected<QuantizeReport> quantize_model(const QuantizeOptions& opt) {
         if (tr.weighted) line += " (imatrix-weighted)";
       }
       if (tr.tensor_scale != 0) line += "  scale " + fmt_g(tr.tensor_scale);
+      if (!tr.importance.empty() && tr.importance != "imatrix")
+        line += "  importance " + tr.importance;
       if (!tr.note.empty()) line += "  [" + tr.note + "]";
       std::fprintf(log, "%s\n", line.c_str());
     }

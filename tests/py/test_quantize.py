@@ -126,7 +126,9 @@ def test_dequantized_output_matches_gguf_package(fennec, model, tmp_path, name):
 def test_nvfp4_scales_policy_and_quality(fennec, model, tmp_path):
     src, weights = model
     out, naive = tmp_path / "nv.gguf", tmp_path / "nv-naive.gguf"
-    r = run([fennec, "quantize", src, out, "--type", "nvfp4"])
+    # Unweighted error is what this test compares, so the data-free column weights (kurtosis,
+    # the default) are turned off: they trade plain squared error for output error.
+    r = run([fennec, "quantize", src, out, "--type", "nvfp4", "--auto-importance", "none"])
     assert r.returncode == 0, r.stderr
     assert "rel-rmse" in r.stderr and "scale" in r.stderr
     assert run([fennec, "quantize", src, naive, "--type", "nvfp4", "--naive"]).returncode == 0

@@ -470,5 +470,149 @@ TEST(QuantizeModel, NanWeightsAndBadImatrixLeaveNoOutput) {
   std::filesystem::remove(imp);
 }
 
+TEST(AutoImportance, InputNormByTensorName) {
+  EXPECT_EQ(input_norm_of("blk.0.attn_q.weight"), "blk.0.attn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.12.attn_k.weight"), "blk.12.attn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.3.attn_v.weight"), "blk.3.attn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.3.attn_qkv.weight"), "blk.3.attn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.7.ffn_gate.weight"), "blk.7.ffn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.7.ffn_up.weight"), "blk.7.ffn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.7.ffn_up_exps.weight"), "blk.7.ffn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.7.ffn_gate_shexp.weight"), "blk.7.ffn_norm.weight");
+  EXPECT_EQ(input_norm_of("blk.7.ffn_gate_inp.weight"), "blk.7.ffn_norm.weight");
+  // No norm in front of these: uniform.
+  EXPECT_EQ(input_norm_of("blk.0.attn_output.weight"), "");
+  EXPECT_EQ(input_norm_of("blk.0.ffn_down.weight"), "");
+  EXPECT_EQ(input_norm_of("token_embd.weight"), "");
+  EXPECT_EQ(input_norm_of("output.weight"), "");
+  EXPECT_EQ(input_norm_of("blk.0.attn_q.bias"), "");
+}
+
+TEST(AutoImportance, NormWeightsSquaredPlusBiasMeanOne) {
+  const float g[4] = {1.0f, -2.0f, 0.0f, 1.0f};
+  const auto w = norm_importance(g, nullptr, 4);  // 1, 4, 0, 1: mean 1.5
+  ASSERT_EQ(w.size(), 4u);
+  EXPECT_FLOAT_EQ(w[0], 1.0f / 1.5f);
+  EXPECT_FLOAT_EQ(w[1], 4.0f / 1.5f);
+  EXPECT_FLOAT_EQ(w[2], 0.0f);
+  const float b[4] = {0.0f, 0.0f, 2.0f, 0.0f};
+  const auto wb = norm_importance(g, b, 4);  // 1, 4, 4, 1: mean 2.5
+  EXPECT_FLOAT_EQ(wb[2], 4.0f / 2.5f);
+  const float z[3] = {0.0f, 0.0f, 0.0f};
+  EXPECT_EQ(norm_importance(z, nullptr, 3), std::vector<float>(3, 1.0f));
+}
+
+TEST(AutoImportance, ColumnKurtosisWeights) {
+  // Three columns: +-1 (kurtosis 1), one spike (0, 0, 0, 2: mean x^2 = 1, mean x^4 = 4), zeros.
+  ColumnKurtosis k(3);
+  EXPECT_EQ(k.weights(1.0), std::vector<float>(3, 1.0f));  // no rows yet
+  const float rows[4][3] = {{1, 0, 0}, {-1, 0, 0}, {1, 0, 0}, {-1, 2, 0}};
+  ColumnKurtosis a(3), b(3);
+  a.add_row(rows[0]);
+  a.add_row(rows[1]);
+  b.add_row(rows[2]);
+  b.add_row(rows[3]);
+  a.merge(b);
+  const auto w = a.weights(1.0);  // 1, 4, 1 (zero column): mean 2
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_FLOAT_EQ(w[0], 0.5f);
+  EXPECT_FLOAT_EQ(w[1], 2.0f);
+  EXPECT_FLOAT_EQ(w[2], 0.5f);
+  const auto w2 = a.weights(2.0);  // 1, 16, 1: mean 6
+  EXPECT_FLOAT_EQ(w2[1], 16.0f / 6.0f);
+}
+
+TEST(QuantizeModel, AutoImportanceSources) {
+  const std::string in = write_tiny_model("tiny-auto.gguf");
+  const std::string out = temp_path("tiny-auto-out.gguf");
+  QuantizeOptions o;
+  o.input = in;
+  o.output = out;
+  o.type = GgmlType::NVFP4;
+  o.tensor_scale = false;
+  o.n_threads = 2;
+  o.log = nullptr;
+  auto importance_of = [](const QuantizeReport& r, const std::string& name) {
+    for (const auto& t : r.tensors)
+      if (t.name == name) return t.importance;
+    return std::string("?");
+  };
+  auto fin = formats::GgufFile::open(in);
+  ASSERT_TRUE(fin);
+  const auto x = read_f32(*fin->find_tensor("blk.0.attn_q.weight"));  // 64 rows of 128
+  const auto g = read_f32(*fin->find_tensor("blk.0.attn_norm.weight"));
+  auto quantized_q = [&] {
+    auto f = formats::GgufFile::open(out);
+    const auto* t = f->find_tensor("blk.0.attn_q.weight");
+    return std::vector<uint8_t>(t->data, t->data + t->n_bytes);
+  };
+  auto expected_q = [&](const float* w) {
+    std::vector<BlockNvfp4> y(x.size() / kQKNvfp4);
+    quantize_nvfp4_rows(x.data(), y.data(), 64, 128, 1.0f, w);
+    std::vector<uint8_t> bytes(y.size() * sizeof(BlockNvfp4));
+    std::memcpy(bytes.data(), y.data(), bytes.size());
+    return bytes;
+  };
+
+  // Default: the column kurtosis of each matrix.
+  auto rep = quantize_model(o);
+  ASSERT_TRUE(rep) << rep.error().message;
+  EXPECT_EQ(importance_of(*rep, "blk.0.attn_q.weight"), "kurtosis");
+  EXPECT_EQ(importance_of(*rep, "blk.0.ffn_down.weight"), "kurtosis");  // MXFP4 (fallback)
+  EXPECT_EQ(importance_of(*rep, "token_embd.weight"), "");              // Q8_0: no FP4 search
+  ColumnKurtosis k(128);
+  for (int r = 0; r < 64; ++r) k.add_row(x.data() + r * 128);
+  const auto kw = k.weights(ColumnKurtosis::kNvfp4Power);
+  EXPECT_EQ(quantized_q(), expected_q(kw.data()));
+  EXPECT_NE(quantized_q(), expected_q(nullptr));
+  for (const auto& t : rep->tensors) EXPECT_FALSE(t.weighted) << t.name;  // stats unweighted
+  std::filesystem::remove(out);
+
+  // Norm: attn_q reads attn_norm's output, so its columns are weighted by g^2.
+  o.auto_importance = AutoImportance::kNorm;
+  auto norm = quantize_model(o);
+  ASSERT_TRUE(norm) << norm.error().message;
+  EXPECT_EQ(importance_of(*norm, "blk.0.attn_q.weight"), "norm (blk.0.attn_norm.weight)");
+  EXPECT_EQ(importance_of(*norm, "blk.0.ffn_down.weight"), "uniform (no norm in front)");
+  // ffn_up reads ffn_norm, which this model lacks: uniform.
+  EXPECT_EQ(importance_of(*norm, "blk.0.ffn_up.weight"),
+            "uniform (no usable blk.0.ffn_norm.weight)");
+  const auto nw = norm_importance(g.data(), nullptr, 128);
+  EXPECT_EQ(quantized_q(), expected_q(nw.data()));
+  std::filesystem::remove(out);
+
+  // None: uniform weights.
+  o.auto_importance = AutoImportance::kNone;
+  auto off = quantize_model(o);
+  ASSERT_TRUE(off) << off.error().message;
+  EXPECT_EQ(importance_of(*off, "blk.0.attn_q.weight"), "uniform");
+  EXPECT_EQ(quantized_q(), expected_q(nullptr));
+  std::filesystem::remove(out);
+
+  // An imatrix entry wins; tensors without one get the automatic weights.
+  o.auto_importance = AutoImportance::kKurtosis;
+  const std::string imp = temp_path("tiny-auto-im.gguf");
+  Imatrix im;
+  im.entries["blk.0.attn_q.weight"] = ImatrixEntry{std::vector<float>(128, 3.0f), {3}};
+  ASSERT_TRUE(write_imatrix_gguf(imp, im));
+  o.imatrix_path = imp;
+  auto withim = quantize_model(o);
+  ASSERT_TRUE(withim) << withim.error().message;
+  EXPECT_EQ(importance_of(*withim, "blk.0.attn_q.weight"), "imatrix");
+  EXPECT_EQ(importance_of(*withim, "blk.0.ffn_up.weight"), "kurtosis");
+  EXPECT_EQ(quantized_q(), expected_q(std::vector<float>(128, 1.0f).data()));
+  std::filesystem::remove(out);
+  std::filesystem::remove(imp);
+
+  // --naive ignores every importance.
+  o.imatrix_path.clear();
+  o.naive = true;
+  auto naive = quantize_model(o);
+  ASSERT_TRUE(naive);
+  EXPECT_EQ(importance_of(*naive, "blk.0.attn_q.weight"), "");
+  std::filesystem::remove(out);
+  std::filesystem::remove(in);
+}
+
 }  // namespace
 }  // namespace fennec::quant

@@ -12,10 +12,10 @@ namespace fennec::cli {
 void add_quantize_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "quantize", "quantize a GGUF model (nvfp4, mxfp4 with range search; q8_0, q4_k, ...)");
-  static std::string in, out, type = "q8_0", imatrix;
+  static std::string in, out, type = "q8_0", imatrix, auto_importance = "kurtosis";
   static std::vector<std::string> tensor_types;
   static int threads = 0;
-  static bool naive = false, no_tensor_scale = false, quiet = false;
+  static bool naive = false, no_tensor_scale = false, no_auto_importance = false, quiet = false;
   cmd->add_option("input", in, "input GGUF (F32/F16/BF16, or quantized: dequantized first)")
       ->required();
   cmd->add_option("output", out, "output GGUF (written to OUTPUT.tmp, then renamed)")->required();
@@ -25,6 +25,11 @@ void add_quantize_command(CLI::App& app) {
                   "PATTERN=TYPE: type of the tensors whose name matches PATTERN (regex, or glob); "
                   "repeatable, first match wins");
   cmd->add_flag("--naive", naive, "ggml's reference rounding for FP4 (no range search/scales)");
+  cmd->add_option("--auto-importance", auto_importance,
+                  "FP4 column weights where no imatrix entry exists: kurtosis (of each weight "
+                  "column, default), norm (squared weights of the norm in front), none")
+      ->check(CLI::IsMember({"kurtosis", "norm", "none"}));
+  cmd->add_flag("--no-auto-importance", no_auto_importance, "same as --auto-importance none");
   cmd->add_flag("--no-tensor-scale", no_tensor_scale, "NVFP4 without per-tensor '.scale' tensors");
   cmd->add_option("-t,--threads", threads, "threads (default: physical cores)");
   cmd->add_flag("-q,--quiet", quiet, "no per-tensor lines");
@@ -42,6 +47,10 @@ void add_quantize_command(CLI::App& app) {
     o.naive = naive;
     o.tensor_scale = !no_tensor_scale;
     o.imatrix_path = imatrix;
+    o.auto_importance = no_auto_importance          ? quant::AutoImportance::kNone
+                        : auto_importance == "norm" ? quant::AutoImportance::kNorm
+                        : auto_importance == "none" ? quant::AutoImportance::kNone
+                                                    : quant::AutoImportance::kKurtosis;
     o.n_threads = threads;
     o.log = quiet ? nullptr : stderr;
     for (const auto& s : tensor_types) {
