@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <string>
@@ -159,6 +160,11 @@ bool pin_this_thread(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   return sched_setaffinity(0, sizeof(set), &set) == 0;
+}
+
+bool pin_requested_by_env() {
+  const char* v = std::getenv("FENNEC_PIN");
+  return v && std::string(v) == "1";
 }
 
 std::vector<int> pin_cpus() {

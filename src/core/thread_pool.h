@@ -56,6 +56,8 @@ class ThreadPool {
 std::vector<int> pin_cpus();
 // Binds the calling thread to one CPU; false if the system refuses.
 bool pin_this_thread(int cpu);
+// FENNEC_PIN=1 in the environment: the pools of the engine and of `fennec bench` pin.
+bool pin_requested_by_env();
 
 // Threads to use when the user gives none: the physical cores the process may run on.
 int default_thread_count();

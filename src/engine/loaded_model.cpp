@@ -1,9 +1,7 @@
 #include "engine/loaded_model.h"
 
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
-#include <string_view>
 
 #include "tokenizer/builtin_templates.h"
 
@@ -47,8 +45,7 @@ Expected<std::unique_ptr<LoadedModel>> LoadedModel::load(const std::string& path
   auto kv = KvCache::create(m->model_->kv_shape(opts.block_size), n_blocks);
   if (!kv) return kv.error();
   m->kv_ = std::move(*kv);
-  const char* pin_env = std::getenv("FENNEC_PIN");
-  const bool pin = opts.pin_threads || (pin_env && std::string_view(pin_env) == "1");
+  const bool pin = opts.pin_threads || pin_requested_by_env();
   m->pool_ = std::make_unique<ThreadPool>(opts.n_threads > 0 ? opts.n_threads : default_thread_count(), pin);
   return m;
 }

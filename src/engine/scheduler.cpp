@@ -416,19 +416,27 @@ bool Scheduler::Impl::step() {
     auto st = lm.model().forward(batch, lm.kv(), lm.pool(), logits, opts.matmul_observer);
     // NaN guard: a non-finite logit is a fault (a flipped bit, a bad kernel path), never a
     // valid output. The step is recomputed once: it rewrites the same K/V positions, so a
-    // transient fault leaves no trace; a fault that repeats ends the step's sequences with an error.
+    // transient fault leaves no trace; a fault that repeats ends the step's sequences with an
+    // error. A failed step_failed check (ABFT) is treated the same way.
     if (st && opts.logits_fault) opts.logits_fault(logits, 0);
-    if (st && !all_finite(logits)) {
+    bool check_failed = opts.step_failed && opts.step_failed();  // asked every pass: it resets
+    if (st && (check_failed || !all_finite(logits))) {
       st = lm.model().forward(batch, lm.kv(), lm.pool(), logits, opts.matmul_observer);
       if (st && opts.logits_fault) opts.logits_fault(logits, 1);
-      const bool fixed = st && all_finite(logits);
+      check_failed = opts.step_failed && opts.step_failed();
+      const bool finite = all_finite(logits);
+      const bool fixed = st && finite && !check_failed;
       {
         std::lock_guard<std::mutex> lk(mu);
         ++(fixed ? stats.numeric_recomputed : stats.numeric_failed);
       }
       if (st && !fixed)
-        st = make_error("the model produced NaN/Inf logits twice for the same step (a numerical fault on this "
-                        "machine): retry the request");
+        st = make_error(
+            !finite
+                ? "the model produced NaN/Inf logits twice for the same step (a numerical fault on "
+                  "this machine): retry the request"
+                : "a weight product failed its checksum (ABFT) twice in the same step (a "
+                  "numerical fault on this machine): retry the request");
     }
     // Sampling runs in parallel over the sequences (each has its own sampler and constraint;
     // a full-vocabulary pass per sequence is the bulk of it); what follows is serial.

@@ -83,6 +83,10 @@ struct SchedulerOptions {
   std::function<void(std::vector<float>& logits, int attempt)> logits_fault;
   // Sees every weight product of every step (e.g. the ABFT check, src/ras/abft.h); may be null.
   model::MatmulObserver* matmul_observer = nullptr;
+  // Asked after every forward pass (first try and recompute): true when a check during the pass
+  // failed (e.g. ras::AbftObserver::take_failed), so the pass is untrusted. The step is then
+  // recomputed as the NaN guard does, and fails its sequences if the recompute fails too.
+  std::function<bool()> step_failed;
 };
 
 struct SchedulerStats {
@@ -92,8 +96,9 @@ struct SchedulerStats {
   int64_t preemptions = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   int64_t steps = 0;
-  // NaN guard: steps whose logits had a NaN/Inf, fixed by recomputing the step / not fixed
-  // (their sequences end with an error). A RAS signal: see docs/ras.md.
+  // NaN guard: steps whose logits had a NaN/Inf (or whose step_failed check failed), fixed by
+  // recomputing the step / not fixed (their sequences end with an error). A RAS signal: see
+  // docs/ras.md.
   int64_t numeric_recomputed = 0, numeric_failed = 0;
   // hold(): whether the engine is held, and the running sequences it moved back to the queue.
   bool held = false;

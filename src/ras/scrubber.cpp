@@ -1,7 +1,10 @@
 #include "ras/scrubber.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstring>
+#include <ctime>
 #include <iterator>
 
 namespace fennec::ras {
@@ -34,6 +37,14 @@ uint64_t scrub_checksum(const uint8_t* p, size_t n) {
   r *= k2;
   r ^= r >> 29;
   return r;
+}
+
+size_t scrub_bytes_per_read(size_t total_bytes, double interval_s, double pass_s,
+                            size_t min_bytes) {
+  const double reads = std::max(1.0, std::floor(pass_s / std::max(interval_s, 1e-3)));
+  const size_t need = static_cast<size_t>(std::ceil(static_cast<double>(total_bytes) / reads));
+  constexpr size_t kMiB = size_t{1} << 20;
+  return std::max(min_bytes, (need + kMiB - 1) / kMiB * kMiB);
 }
 
 WeightScrubber::WeightScrubber(std::vector<ScrubRegion> regions, size_t bytes_per_read,
@@ -88,7 +99,8 @@ size_t WeightScrubber::reverify() {
 }
 
 std::vector<Sample> WeightScrubber::read() {
-  scrub(bytes_per_read_);
+  // At most one pass per reading: checking the same bytes twice finds nothing more.
+  scrub(std::min(bytes_per_read_, total_));
   Sample m;
   m.device = "weights";
   m.name = "scrub_mismatches";
@@ -104,6 +116,39 @@ std::vector<Sample> WeightScrubber::read() {
   p.text = std::to_string(passes_) + " passes over " + std::to_string(total_ >> 20) + " MiB in " +
            std::to_string(chunks_.size()) + " chunks";
   return {m, p};
+}
+
+ScrubThread::ScrubThread(WeightScrubber& scrubber, double interval_s)
+    : scrubber_(scrubber), interval_s_(interval_s), thread_([this] { run(); }) {}
+
+ScrubThread::~ScrubThread() { stop(); }
+
+void ScrubThread::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ScrubThread::run() {
+  using clock = std::chrono::steady_clock;
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stop_) {
+    lk.unlock();
+    const auto t0 = clock::now();
+    (void)scrubber_.read();
+    const auto t1 = clock::now();
+    busy_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
+    timespec cpu{};
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
+      cpu_ns_ = static_cast<int64_t>(cpu.tv_sec) * 1000000000 + cpu.tv_nsec;
+    ++reads_;
+    lk.lock();
+    // As the RAS loop waits: interval_s after each reading.
+    cv_.wait_for(lk, std::chrono::duration<double>(interval_s_), [this] { return stop_; });
+  }
 }
 
 }  // namespace fennec::ras

@@ -6,14 +6,18 @@
 // once. The first pass's checksums are kept too: a chunk that returns to them is repaired, not
 // changed again, and reverify() tells the server when every chunk is back (recovery).
 //
-// It covers the bytes it is given: weights the kernels repacked into their own buffers are not
-// in the mapped file and need their own regions.
+// It covers the bytes it is given: weight_scrub_regions() (src/ras/weight_regions.h) lists the
+// ones the kernels read, packed copies included.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ras/telemetry.h"
@@ -34,8 +38,9 @@ class WeightScrubber final : public TelemetrySource {
                           size_t chunk_bytes = size_t{1} << 20);
 
   std::string name() const override { return "scrub"; }
-  // Scrubs the next bytes_per_read bytes. Samples on device "weights": "scrub_mismatches"
-  // (kCriticalEvents, cumulative; text: the last changed chunk) and "scrub_progress" (kInfo).
+  // Scrubs the next bytes_per_read bytes (at most one pass). Samples on device "weights":
+  // "scrub_mismatches" (kCriticalEvents, cumulative; text: the last changed chunk) and
+  // "scrub_progress" (kInfo).
   std::vector<Sample> read() override;
 
   struct Mismatch {
@@ -73,6 +78,40 @@ class WeightScrubber final : public TelemetrySource {
   int64_t n_mismatches_ = 0;
   std::string last_;  // the last mismatch, in words
 };
+
+// Runs a scrubber's read() on its own thread, one now and one every interval_s: the server's
+// scrubbing (--scrub-mb per --ras-interval) without the rest of the RAS loop, to measure what it
+// costs the engine (`fennec bench --scrub-mb`).
+class ScrubThread {
+ public:
+  ScrubThread(WeightScrubber& scrubber, double interval_s);
+  ~ScrubThread();  // stop()
+  ScrubThread(const ScrubThread&) = delete;
+  ScrubThread& operator=(const ScrubThread&) = delete;
+  void stop();
+
+  int64_t reads() const { return reads_.load(); }
+  double busy_s() const { return busy_ns_.load() * 1e-9; }  // wall time inside read()
+  double cpu_s() const { return cpu_ns_.load() * 1e-9; }    // the thread's CPU time
+
+ private:
+  void run();
+  WeightScrubber& scrubber_;
+  double interval_s_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::atomic<int64_t> reads_{0}, busy_ns_{0}, cpu_ns_{0};
+  std::thread thread_;
+};
+
+// Bytes per read() so that a full pass over total_bytes takes at most pass_s seconds at one read
+// every interval_s (whole MiB, at least min_bytes): the server's `--scrub-mb auto`. A flip is
+// found within one pass (plus the reads' own time) of happening. Scrubbing no faster than that
+// bound asks for keeps its cost down: it reads the model once per pass_s, where decoding reads
+// it once per token.
+size_t scrub_bytes_per_read(size_t total_bytes, double interval_s, double pass_s = 50,
+                            size_t min_bytes = size_t{16} << 20);
 
 // A 64-bit checksum of n bytes (fast, not cryptographic: it guards against flips, not attackers).
 uint64_t scrub_checksum(const uint8_t* p, size_t n);

@@ -72,5 +72,14 @@ TEST(Scrubber, DirectScrubReportsRegionAndOffset) {
   EXPECT_TRUE(empty.scrub(1000).empty());  // nothing to scrub: no loop, no crash
 }
 
+TEST(Scrubber, AReadCoversAtMostOnePass) {
+  std::vector<uint8_t> a(4096, 1);
+  WeightScrubber s({{"w", a.data(), a.size()}}, /*bytes_per_read=*/1 << 20, 1024);
+  s.read();  // the reference pass
+  EXPECT_EQ(s.passes(), 1);
+  s.read();
+  EXPECT_EQ(s.passes(), 2);  // not 256 passes over the same bytes
+}
+
 }  // namespace
 }  // namespace fennec::ras

@@ -1,8 +1,10 @@
 // fennec bench: llama-bench's tests, table and JSON, plus memory bandwidth and decode roofline.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -13,6 +15,8 @@
 #include "engine/bench.h"
 #include "kernels/cpu/cpu_features.h"
 #include "metering/meter.h"
+#include "ras/scrubber.h"
+#include "ras/weight_regions.h"
 #include "tools/fennec/commands.h"
 
 namespace fennec::cli {
@@ -56,6 +60,8 @@ void add_bench_command(CLI::App& app) {
   static std::string output = "md";
   static bool json = false, no_bw = false;
   static metering::MeterOptions mo;
+  static int scrub_mb = 0;
+  static double scrub_interval = 10;
   cmd->add_option("-m,--model", models, "GGUF model file(s)")->required()->delimiter(',');
   cmd->add_option("-p,--n-prompt", prompts, "prompt lengths (default 512; 0: none)")->delimiter(',');
   cmd->add_option("-n,--n-gen", gens, "tokens to generate (default 128; 0: none)")->delimiter(',');
@@ -73,6 +79,12 @@ void add_bench_command(CLI::App& app) {
                   "logical CPU, at least 10 W)");
   cmd->add_option("--price-kwh", mo.price_kwh, "USD per kWh for the cost per token (default 0.15)");
   cmd->add_option("--price-hour", mo.price_hour, "USD per hour of the machine (default 0)");
+  cmd->add_option(
+      "--scrub-mb", scrub_mb,
+      "scrub the weights as `fennec serve` does, this many MiB every --scrub-interval s on a "
+      "thread of its own, during the tests (default 0: off)");
+  cmd->add_option("--scrub-interval", scrub_interval,
+                  "seconds between scrub slices (default 10, as serve's --ras-interval)");
   cmd->callback([] {
     if (json) output = "json";
     if (output != "md" && output != "json") {
@@ -103,6 +115,7 @@ void add_bench_command(CLI::App& app) {
       std::fflush(stdout);
     }
     std::vector<Row> rows;
+    std::vector<std::string> scrub_notes;
     std::vector<std::pair<int, double>> bw_by_threads;
     // Energy per token: measured from the package counters over each test (warm-up included, so
     // per token it is the whole run's energy over all its tokens), else estimated.
@@ -120,8 +133,17 @@ void add_bench_command(CLI::App& app) {
         std::fprintf(stderr, "fennec bench: %s\n", lm.error().message.c_str());
         return set_exit_code(1);
       }
+      // Background scrubbing over the regions the server scrubs, for what it costs (docs/ras.md).
+      std::unique_ptr<ras::WeightScrubber> scrubber;
+      std::unique_ptr<ras::ScrubThread> scrub_thread;
+      if (scrub_mb > 0) {
+        scrubber = std::make_unique<ras::WeightScrubber>(ras::weight_scrub_regions((*lm)->model()),
+                                                         static_cast<size_t>(scrub_mb) << 20);
+        scrub_thread = std::make_unique<ras::ScrubThread>(*scrubber, scrub_interval);
+      }
+      const auto t_model = std::chrono::steady_clock::now();
       for (int nt : threads) {
-        ThreadPool pool(nt);
+        ThreadPool pool(nt, pin_requested_by_env());
         double bw = 0;
         if (!no_bw) {
           auto it = std::find_if(bw_by_threads.begin(), bw_by_threads.end(),
@@ -164,6 +186,23 @@ void add_bench_command(CLI::App& app) {
           rows.push_back(std::move(r));
         }
       }
+      if (scrub_thread) {
+        scrub_thread->stop();
+        const double wall =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();
+        const double total_mib = static_cast<double>(scrubber->total_bytes()) / (1 << 20);
+        char note[512];
+        std::snprintf(
+            note, sizeof note,
+            "scrub %s: %d MiB every %.1f s over %.1f MiB of weights (a full pass every %.1f s): "
+            "%lld slices, %.3f s busy (%.3f s CPU) in %.1f s = %.2f%% of one core (CPU time)",
+            path.c_str(), scrub_mb, scrub_interval, total_mib,
+            std::max(1.0, std::ceil(total_mib / scrub_mb)) * scrub_interval,
+            static_cast<long long>(scrub_thread->reads()), scrub_thread->busy_s(),
+            scrub_thread->cpu_s(), wall, wall > 0 ? 100.0 * scrub_thread->cpu_s() / wall : 0.0);
+        scrub_notes.emplace_back(note);
+        if (!md) std::fprintf(stderr, "%s\n", note);
+      }
     }
     if (md) {
       std::printf("\nSIMD: %s\n",
@@ -179,6 +218,7 @@ void add_bench_command(CLI::App& app) {
                     static_cast<double>(r.bytes_per_token) / 1e6, roof, r.s.avg_ts / r.test.n_parallel,
                     100.0 * r.s.avg_ts / r.test.n_parallel / roof);
       }
+      for (const auto& n : scrub_notes) std::printf("%s\n", n.c_str());
       bool any_estimate = false;
       for (const auto& r : rows) any_estimate = any_estimate || (r.joules_per_token > 0 && !r.energy_measured);
       if (any_estimate)
@@ -225,6 +265,10 @@ void add_bench_command(CLI::App& app) {
       j["samples_ns"] = r.s.ns;
       j["samples_ts"] = r.s.ts;
       j["simd"] = kernels::simd_level_name(kernels::active_simd_level());
+      if (scrub_mb > 0) {
+        j["scrub_mb"] = scrub_mb;
+        j["scrub_interval_s"] = scrub_interval;
+      }
       if (r.joules_per_token > 0) {
         j["joules_per_token"] = r.joules_per_token;
         j["energy_source"] = r.energy_measured ? "measured" : "estimated";

@@ -1,6 +1,7 @@
 // fennec serve: the OpenAI-compatible server. Every flag can also come from a FENNEC_* variable.
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -11,12 +12,14 @@
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
 #include "metering/meter.h"
+#include "ras/abft.h"
+#include "ras/abft_observer.h"
 #include "ras/canary.h"
 #include "ras/fault_injection.h"
-#include "ras/abft.h"
 #include "ras/recovery.h"
 #include "ras/scrubber.h"
 #include "ras/service.h"
+#include "ras/weight_regions.h"
 #include "server/api_server.h"
 #include "tools/fennec/commands.h"
 
@@ -76,25 +79,11 @@ struct ServeFlags {
   double ras_interval = 10;
   std::string ras_trace;
   std::string sysfs_root = "/";
-  int scrub_mb = 256;
+  std::string scrub_mb = "auto";
   double canary_interval = 600;
   double ras_recovery_timeout = 60;
   bool enable_fault_injection = false;
   bool abft = false;
-};
-
-// Checks every weight product of the served model against its column checksums (src/ras/abft.h).
-class AbftObserver final : public model::MatmulObserver {
- public:
-  explicit AbftObserver(ras::AbftChecker& checker) : checker_(checker) {}
-  void on_matmul(const kernels::WeightView&, std::string_view, const float*, int64_t) override {}
-  void after_matmul(const kernels::WeightView&, std::string_view name, const float* x, int64_t n_tokens,
-                    const float* y, int64_t ldy) override {
-    checker_.check(name, x, n_tokens, y, ldy);
-  }
-
- private:
-  ras::AbftChecker& checker_;
 };
 
 int serve(const ServeFlags& f) {
@@ -120,6 +109,21 @@ int serve(const ServeFlags& f) {
   so.api_key = f.api_key;
   so.served_model_name = f.served_name.empty() ? std::filesystem::path(f.model).stem().string() : f.served_name;
   so.log_requests = !f.quiet;
+  int64_t scrub_mb = -1;  // -1: auto
+  if (f.scrub_mb != "auto") {
+    try {
+      size_t pos = 0;
+      scrub_mb = std::stoll(f.scrub_mb, &pos);
+      if (pos != f.scrub_mb.size() || scrub_mb < 0) scrub_mb = -2;
+    } catch (...) {
+      scrub_mb = -2;
+    }
+    if (scrub_mb == -2) {
+      std::fprintf(stderr, "fennec: --scrub-mb '%s' is not 'auto' or a number of MiB (0: off)\n",
+                   f.scrub_mb.c_str());
+      return 2;
+    }
+  }
   if (f.device_watts < 0 || f.price_kwh < 0 || f.price_hour < 0) {
     std::fprintf(stderr, "fennec: --device-watts, --price-kwh and --price-hour must not be negative\n");
     return 2;
@@ -180,16 +184,24 @@ int serve(const ServeFlags& f) {
                  no_counter.c_str());
   sched_opts.meter = &meter;
   ras::WeightScrubber* scrubber = nullptr;  // owned by the RAS service
-  if (f.scrub_mb > 0) {  // re-verify the mapped weights, scrub_mb MiB per telemetry reading
-    std::vector<ras::ScrubRegion> regions;
-    for (const auto& t : (*lm)->gguf().tensors()) regions.push_back({t.name, t.data, static_cast<size_t>(t.n_bytes)});
-    // The repacked copies the products actually read (kernels/cpu/repack.h) are not in the map.
-    for (const auto& r : (*lm)->model().packed_regions()) regions.push_back({r.name, r.data, r.size});
-    auto sc = std::make_unique<ras::WeightScrubber>(std::move(regions), static_cast<size_t>(f.scrub_mb) << 20);
+  if (scrub_mb != 0) {  // re-verify the weights the kernels read, a slice per telemetry reading
+    auto regions = ras::weight_scrub_regions((*lm)->model());
+    size_t total = 0;
+    for (const auto& r : regions) total += r.size;
+    const size_t per_read = scrub_mb > 0 ? static_cast<size_t>(scrub_mb) << 20
+                                         : ras::scrub_bytes_per_read(total, f.ras_interval);
+    auto sc = std::make_unique<ras::WeightScrubber>(std::move(regions), per_read);
+    const double reads = std::ceil(static_cast<double>(total) / static_cast<double>(per_read));
+    std::fprintf(stderr,
+                 "fennec: scrub: %.0f MiB of weights (what the kernels read), %zu MiB per reading "
+                 "every %g s: a "
+                 "changed bit is found within about %.0f s\n",
+                 static_cast<double>(total) / (1 << 20), per_read >> 20, f.ras_interval,
+                 std::max(1.0, reads) * f.ras_interval);
     scrubber = sc.get();
     (*ras_service)->add_source(std::move(sc));
   }
-  std::unique_ptr<AbftObserver> abft_observer;
+  std::unique_ptr<ras::AbftObserver> abft_observer;
   if (f.abft) {  // column checksums of every matrix, then a check after every product
     auto checker = std::make_unique<ras::AbftChecker>();
     Status prepared = {};
@@ -202,12 +214,14 @@ int serve(const ServeFlags& f) {
     }
     std::fprintf(stderr, "fennec: abft: checksums of every weight matrix (%.1f MiB)\n",
                  static_cast<double>(checker->prepared_bytes()) / (1 << 20));
-    abft_observer = std::make_unique<AbftObserver>(*checker);
+    abft_observer = std::make_unique<ras::AbftObserver>(*checker);
     sched_opts.matmul_observer = abft_observer.get();
+    // A failed check makes the step untrusted: recomputed, or failed if it fails again.
+    sched_opts.step_failed = [obs = abft_observer.get()] { return obs->take_failed(); };
     (*ras_service)->add_source(std::move(checker));
   }
   if (injector) {
-    injector->set_model(&(*lm)->gguf());
+    injector->set_model(&(*lm)->gguf(), ras::packed_copies((*lm)->model()));
     sched_opts.logits_fault = [inj = injector.get()](std::vector<float>& logits, int attempt) {
       inj->on_logits(logits, attempt);
     };
@@ -318,11 +332,16 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--enable-fault-injection", f->enable_fault_injection,
                 "open POST /admin/inject (weight bit flips, NaN logits, telemetry traces): tests only")
       ->envname("FENNEC_ENABLE_FAULT_INJECTION");
-  cmd->add_flag("--abft", f->abft,
-                "check every weight product against the matrix's column checksums (src/ras/abft.h); "
-                "failures count as corrected errors of device 'engine'")
+  cmd->add_flag(
+         "--abft", f->abft,
+         "check every weight product against the matrix's column checksums (src/ras/abft.h); "
+         "a failed check recomputes the step (corrected error of device 'engine'), a second "
+         "failure ends the step's requests with an error")
       ->envname("FENNEC_ABFT");
-  cmd->add_option("--scrub-mb", f->scrub_mb, "MiB of weights re-verified per telemetry reading (default 256; 0: off)")
+  cmd->add_option("--scrub-mb", f->scrub_mb,
+                  "MiB of weights re-verified per telemetry reading (default auto: a full pass "
+                  "within 50 s, at least "
+                  "16 MiB per reading; 0: off)")
       ->envname("FENNEC_SCRUB_MB");
   cmd->add_option("--sysfs-root", f->sysfs_root, "read /sys under this directory (tests; default /)")
       ->envname("FENNEC_SYSFS_ROOT");
