@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/expected.h"
 #include "engine/loaded_model.h"
@@ -23,6 +24,9 @@ void add_doctor_command(CLI::App& app);      // doctor
 // The text tools' shared steps; each prints its error ("fennec: ...") on failure.
 std::optional<std::string> read_text_file(const std::string& path);
 Expected<std::unique_ptr<engine::LoadedModel>> load_text_model(const std::string& path, int threads, int ctx);
+// The text as the model tokenizes it for scoring (BOS/EOS added, special-token text kept as
+// text), with a line on stderr: "N tokens, ctx per chunk".
+std::vector<int32_t> text_tokens(const engine::LoadedModel& lm, const std::string& text, int ctx);
 int exit_code();
 void set_exit_code(int code);
 

@@ -26,8 +26,7 @@ void add_imatrix_command(CLI::App& app) {
     if (!text) return set_exit_code(1);
     auto lm = load_text_model(model, threads, ctx);
     if (!lm) return set_exit_code(1);
-    std::vector<int32_t> ids = (*lm)->tokenizer().encode(*text, true, false);
-    std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
+    const std::vector<int32_t> ids = text_tokens(**lm, *text, ctx);
     auto r =
         engine::compute_imatrix(**lm, ids, ctx, chunks, process_output, file, [](int c, double p) {
           std::fprintf(stderr, "[%d]%.4f,", c + 1, p);

@@ -34,8 +34,7 @@ void add_kld_command(CLI::App& app) {
       return set_exit_code(1);
     }
     // The base model's tokens, as llama-perplexity --kl-divergence-base stores them.
-    std::vector<int32_t> ids = (*lb)->tokenizer().encode(*text, true, false);
-    std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
+    const std::vector<int32_t> ids = text_tokens(**lb, *text, ctx);
     std::fprintf(stderr,
                  "chunk      PPL        ln(PPL(Q)/PPL(base))   KL divergence      same top p\n");
     auto r =

@@ -21,11 +21,7 @@ void add_perplexity_command(CLI::App& app) {
     if (!text) return set_exit_code(1);
     auto lm = load_text_model(model, threads, ctx);
     if (!lm) return set_exit_code(1);
-    const auto& tok = (*lm)->tokenizer();
-    // BOS/EOS as the model's tokenizer adds them, special-token text kept as plain text
-    // (llama-perplexity tokenizes the same way).
-    std::vector<int32_t> ids = tok.encode(*text, /*add_special=*/true, /*parse_special=*/false);
-    std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
+    const std::vector<int32_t> ids = text_tokens(**lm, *text, ctx);
     auto r = engine::perplexity(**lm, ids, ctx, chunks, [](int c, double p) {
       std::fprintf(stderr, "[%d]%.4f,", c + 1, p);
       std::fflush(stderr);

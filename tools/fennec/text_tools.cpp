@@ -27,4 +27,12 @@ Expected<std::unique_ptr<engine::LoadedModel>> load_text_model(const std::string
   return lm;
 }
 
+std::vector<int32_t> text_tokens(const engine::LoadedModel& lm, const std::string& text, int ctx) {
+  // BOS/EOS as the model's tokenizer adds them, special-token text kept as plain text
+  // (llama-perplexity tokenizes the same way).
+  std::vector<int32_t> ids = lm.tokenizer().encode(text, /*add_special=*/true, /*parse_special=*/false);
+  std::fprintf(stderr, "fennec: %zu tokens, %d per chunk\n", ids.size(), ctx);
+  return ids;
+}
+
 }  // namespace fennec::cli
