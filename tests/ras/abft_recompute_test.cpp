@@ -15,6 +15,7 @@
 #include "kernels/cpu/repack_layout.h"
 #include "ras/abft.h"
 #include "ras/abft_observer.h"
+#include "ras/small_model.h"
 #include "test_util.h"
 
 namespace fennec::ras {
@@ -54,14 +55,10 @@ class AbftRecompute : public ::testing::Test {
   void SetUp() override {
     FENNEC_REQUIRE_MODEL(test::kSmolLM2);
     if (!kernels::repack_enabled()) GTEST_SKIP() << "FENNEC_REPACK=0: no packed copy to flip";
-    engine::LoadOptions o;
-    o.n_ctx = 256;
-    o.n_seqs = 2;
-    auto l = engine::LoadedModel::load(test::model_path(test::kSmolLM2), o);
+    auto l = test::load_small_smollm2(2);
     ASSERT_TRUE(l) << l.error().message;
     lm = std::move(*l);
-    prompt = *lm->tokenize_chat(
-        nlohmann::json::array({{{"role", "user"}, {"content", "Name a color."}}}), true);
+    prompt = test::user_prompt(*lm, "Name a color.");
     Status st = {};
     lm->model().for_each_matrix([&](const std::string& name, const kernels::WeightView& w) {
       if (st && w.data) st = checker.prepare(name, w);

@@ -9,6 +9,7 @@
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
 #include "ras/health.h"
+#include "ras/small_model.h"
 #include "test_util.h"
 
 namespace fennec::ras {
@@ -52,13 +53,9 @@ TEST(Canary, ReferenceThenMismatchAtItsInterval) {
 TEST(Canary, SilentLogitCorruptionIsCaughtThroughTheScheduler) {
   if (!test::model_exists(test::kSmolLM2))
     GTEST_SKIP() << "model not found: run scripts/fetch_models.sh";
-  engine::LoadOptions o;
-  o.n_ctx = 256;
-  o.n_seqs = 2;
-  auto lm = engine::LoadedModel::load(test::model_path(test::kSmolLM2), o);
+  auto lm = test::load_small_smollm2(2);
   ASSERT_TRUE(lm) << lm.error().message;
-  nlohmann::json msgs = nlohmann::json::array({{{"role", "user"}, {"content", "Count to five."}}});
-  auto prompt = *(*lm)->tokenize_chat(msgs, true);
+  auto prompt = test::user_prompt(**lm, "Count to five.");
   std::atomic<bool> corrupt{false};
   engine::SchedulerOptions so;
   const int n_vocab = (*lm)->model().hparams().n_vocab;

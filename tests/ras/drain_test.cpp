@@ -16,6 +16,7 @@
 #include "ras/recovery.h"
 #include "ras/scrubber.h"
 #include "ras/service.h"
+#include "ras/small_model.h"
 #include "test_util.h"
 
 namespace fennec::engine {
@@ -55,15 +56,10 @@ class Drain : public ::testing::Test {
   void SetUp() override {
     if (!test::model_exists(test::kSmolLM2))
       GTEST_SKIP() << "model not found: run scripts/fetch_models.sh";
-    LoadOptions o;
-    o.n_ctx = 256;
-    o.n_seqs = 4;
-    auto l = LoadedModel::load(test::model_path(test::kSmolLM2), o);
+    auto l = test::load_small_smollm2(4);
     ASSERT_TRUE(l) << l.error().message;
     lm = std::move(*l);
-    for (const char* q : {"Name a color.", "Count to five.", "Say hello."})
-      prompts.push_back(
-          *lm->tokenize_chat(nlohmann::json::array({{{"role", "user"}, {"content", q}}}), true));
+    for (const char* q : {"Name a color.", "Count to five.", "Say hello."}) prompts.push_back(test::user_prompt(*lm, q));
   }
   SeqRequest req(size_t i) {
     SeqRequest r;

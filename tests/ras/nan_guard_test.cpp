@@ -13,6 +13,7 @@
 #include "engine/loaded_model.h"
 #include "engine/scheduler.h"
 #include "metering/meter.h"
+#include "ras/small_model.h"
 #include "test_util.h"
 
 namespace fennec::engine {
@@ -55,14 +56,10 @@ class NanGuard : public ::testing::Test {
   void SetUp() override {
     if (!test::model_exists(test::kSmolLM2))
       GTEST_SKIP() << "model not found: run scripts/fetch_models.sh";
-    LoadOptions o;
-    o.n_ctx = 256;
-    o.n_seqs = 2;
-    auto l = LoadedModel::load(test::model_path(test::kSmolLM2), o);
+    auto l = test::load_small_smollm2(2);
     ASSERT_TRUE(l) << l.error().message;
     lm = std::move(*l);
-    nlohmann::json msgs = nlohmann::json::array({{{"role", "user"}, {"content", "Name a color."}}});
-    prompt = *lm->tokenize_chat(msgs, true);
+    prompt = test::user_prompt(*lm, "Name a color.");
   }
   // Greedy run of 12 tokens; `fault` corrupts the logits of step `at_step` on the attempts it
   // names (bit 0: first pass, bit 1: recompute).
