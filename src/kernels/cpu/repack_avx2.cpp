@@ -147,18 +147,31 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// The Q8_K activation rows of a K-quant half-tile's T tokens and its T accumulators (8 rows each).
+template <int T>
+struct KHalf {
+  const quant::BlockQ8K* act[T];
+  __m256 acc[T];
+  KHalf(const PackedGemmArgs& a, int64_t t0) {
+    for (int t = 0; t < T; ++t) {
+      act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+      acc[t] = _mm256_setzero_ps();
+    }
+  }
+  void store(float* out) const {
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
+  }
+};
+
 // Q4_K: sub-block j's 8 steps (nibbles <= 15: eight int16 pair sums stay below 30480), one
 // vpmaddwd to int32, vpmulld by the 6-bit scales; the mins through vpmaddwd on int16 pairs.
 template <int T>
 void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
               const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q4K;
-  const quant::BlockQ8K* act[T];
-  __m256 acc[T];
-  for (int t = 0; t < T; ++t) {
-    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
-    acc[t] = _mm256_setzero_ps();
-  }
+  KHalf<T> k(a, t0);
+  const quant::BlockQ8K* const* act = k.act;
+  __m256* acc = k.acc;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
@@ -198,7 +211,7 @@ void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
       acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dmin, da), acc[t]);
     }
   }
-  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
+  k.store(out);
 }
 
 // Q6_K: u <= 63, so two steps of int16 pair sums stay below 2 * 2 * 63 * 128 = 32256 before
@@ -207,12 +220,9 @@ template <int T>
 void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
               const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q6K;
-  const quant::BlockQ8K* act[T];
-  __m256 acc[T];
-  for (int t = 0; t < T; ++t) {
-    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
-    acc[t] = _mm256_setzero_ps();
-  }
+  KHalf<T> k(a, t0);
+  const quant::BlockQ8K* const* act = k.act;
+  __m256* acc = k.acc;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
@@ -250,7 +260,7 @@ void q6k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
     for (int t = 0; t < T; ++t)
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][sb].d)), acc[t]);
   }
-  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
+  k.store(out);
 }
 
 // The K-quant products: groups of two 8-row halves, tiles of 2 tokens and the rest.

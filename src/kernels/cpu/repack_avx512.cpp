@@ -148,6 +148,24 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// The Q8_K activation rows of a K-quant tile's T tokens and its T accumulators (16 rows each).
+template <int T>
+struct KTile {
+  const quant::BlockQ8K* act[T];
+  __m512 acc[T];
+  KTile(const PackedGemmArgs& a, int64_t t0) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
+      acc[t] = _mm512_setzero_ps();
+    }
+  }
+  void store(const PackedGemmArgs& a, int64_t t0, int64_t row0, __mmask16 mask) const {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+  }
+};
+
 // Q4_K (repack_layout.h): per super-block, sub-block j's 8 steps are the low or high nibbles of
 // pair j/2; its exact dot is scaled by vpmulld with the rows' 6-bit scales, and the mins meet
 // the activation sums through vpmaddwd on (min 2p, min 2p+1) int16 pairs.
@@ -155,13 +173,9 @@ template <int T>
 void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
               const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q4K;
-  const quant::BlockQ8K* act[T];
-  __m512 acc[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) {
-    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
-    acc[t] = _mm512_setzero_ps();
-  }
+  KTile<T> k(a, t0);
+  const quant::BlockQ8K* const* act = k.act;
+  __m512* acc = k.acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q4K::kBytes;
@@ -207,8 +221,7 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
       acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(dmin, da), acc[t]);
     }
   }
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+  k.store(a, t0, row0, mask);
 }
 
 // Q6_K (repack_layout.h): per sub-block, the 8 steps are nibbles plus two bit planes; each
@@ -217,13 +230,9 @@ template <int T>
 void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
               const packed::Prefetcher* pf, int64_t step0) {
   using packed::Q6K;
-  const quant::BlockQ8K* act[T];
-  __m512 acc[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) {
-    act[t] = reinterpret_cast<const quant::BlockQ8K*>(a.act + (t0 + t) * a.act_stride);
-    acc[t] = _mm512_setzero_ps();
-  }
+  KTile<T> k(a, t0);
+  const quant::BlockQ8K* const* act = k.act;
+  __m512* acc = k.acc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q6K::kBytes;
@@ -262,8 +271,7 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
     for (int t = 0; t < T; ++t)
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(act[t][sb].d)), acc[t]);
   }
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+  k.store(a, t0, row0, mask);
 }
 
 // The K-quant products: groups, then tiles of 4 tokens and the rest.
