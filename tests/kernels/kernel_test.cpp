@@ -189,11 +189,11 @@ TEST(AttentionKernelTest, PagedMatchesDenseReference) {
   }
 }
 
-// The AVX2 attention body reorders the loops but must give the scalar body's bits: decode
+// The AVX2 and AVX-512 attention bodies reorder the loops but must give the scalar body's bits: decode
 // (one query: ggml_vec_dot_f16 order) and chunks of queries (tinyBLAS chain order), GQA, head
 // sizes 16/64/256 (64-multiple and not), sliding windows, softcap, long contexts, and scores
 // spread wide enough that some weights underflow to fp16 subnormals or zero.
-TEST(AttentionKernelTest, Avx2BodyMatchesScalarBitForBit) {
+TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
   if (detect_simd_level() < SimdLevel::kAvx2) GTEST_SKIP() << "no AVX2 on this CPU";
   struct Shape {
     int n_heads, n_kv, dk, dv, window;
@@ -201,7 +201,11 @@ TEST(AttentionKernelTest, Avx2BodyMatchesScalarBitForBit) {
   };
   const Shape shapes[] = {{9, 3, 64, 64, 0, 0.0f, 1.0f},   {4, 1, 256, 256, 0, 0.0f, 0.5f},
                           {4, 2, 16, 16, 37, 0.0f, 3.0f},  {8, 4, 80, 80, 0, 0.0f, 1.0f},
-                          {4, 1, 256, 256, 100, 30.0f, 2.0f}, {2, 2, 32, 48, 0, 0.0f, 8.0f}};
+                          {4, 1, 256, 256, 100, 30.0f, 2.0f}, {2, 2, 32, 48, 0, 0.0f, 8.0f},
+                          // tiles of several queries with different windows; groups of 4 and
+                          // of 8 heads (two weighted-value tiles per pass)
+                          {6, 6, 64, 64, 20, 0.0f, 2.0f},  {32, 8, 64, 64, 0, 0.0f, 1.0f},
+                          {16, 2, 64, 64, 50, 0.0f, 1.0f}, {3, 1, 128, 64, 0, 0.0f, 1.0f}};
   const int bs = 16;
   uint32_t seed = 100;
   for (const Shape& sh : shapes) {
@@ -241,21 +245,26 @@ TEST(AttentionKernelTest, Avx2BodyMatchesScalarBitForBit) {
     ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.dk));
     ap.window = sh.window;
     ap.softcap = sh.softcap;
-    std::vector<float> ref(static_cast<size_t>(rows * ldo), -1.0f), got(ref.size(), -2.0f);
+    std::vector<float> ref(static_cast<size_t>(rows * ldo), -1.0f);
     const AttnArgs a_ref{q.data(), ldq, kc.data(), vc.data(), &ap, ref.data(), ldo};
-    const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
     for (int s = 0; s < n_seqs; ++s)
       for (int h = 0; h < sh.n_kv; ++h)
-        for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32) {
-          const AttnItem it{&seqs[static_cast<size_t>(s)], h, b,
-                            std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)};
-          attention_item_scalar()(a_ref, it);
-          if (h == 0) attention_item_avx2()(a_got, it);  // every KV head at once
-        }
-    for (size_t i = 0; i < ref.size(); ++i)
-      ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
-          << "heads " << sh.n_heads << "/" << sh.n_kv << " dk " << sh.dk << " window " << sh.window
-          << " output " << i << ": " << ref[i] << " vs " << got[i];
+        for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
+          attention_item_scalar()(a_ref, {&seqs[static_cast<size_t>(s)], h, b,
+                                          std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)});
+    for (int level = 1; level <= 2; ++level) {
+      if (level == 2 && detect_simd_level() < SimdLevel::kAvx512) continue;
+      std::vector<float> got(ref.size(), -2.0f);
+      const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
+      const AttnItemFn body = level == 2 ? attention_item_avx512() : attention_item_avx2();
+      for (int s = 0; s < n_seqs; ++s)  // every KV head at once
+        for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
+          body(a_got, {&seqs[static_cast<size_t>(s)], 0, b, std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)});
+      for (size_t i = 0; i < ref.size(); ++i)
+        ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
+            << (level == 2 ? "avx512" : "avx2") << " heads " << sh.n_heads << "/" << sh.n_kv << " dk "
+            << sh.dk << " window " << sh.window << " output " << i << ": " << ref[i] << " vs " << got[i];
+    }
   }
 }
 

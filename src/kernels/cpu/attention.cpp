@@ -22,7 +22,7 @@ constexpr int32_t kQueryChunk = 32;
 // from position 0; the weights are rounded to fp16 and meet V (per output dimension, over key
 // positions) in the same f16 dot. Masked positions are zeros there, so the padding changes no
 // sum. This is the reference body: plain loops over the per-output dot products of
-// quant_dot_impl.h. The AVX2 body computes the same operations in another loop order.
+// quant_dot_impl.h. The vector bodies (attention_simd_impl.h) compute the same operations in another loop order.
 void attend_scalar(const AttnArgs& a, const AttnItem& w) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
@@ -102,8 +102,10 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
                      float* out, int64_t ldo, ThreadPool& pool) {
   const bool simd = active_simd_level() >= SimdLevel::kAvx2 && p.head_dim_k % 16 == 0 &&
                     p.head_dim_v % 8 == 0;
-  const AttnItemFn fn = simd ? attention_item_avx2() : attention_item_scalar();
-  // The AVX2 body takes every KV head of a sequence in one item (it reads whole cache rows).
+  const AttnItemFn fn = !simd ? attention_item_scalar()
+                        : active_simd_level() >= SimdLevel::kAvx512 ? attention_item_avx512()
+                                                                     : attention_item_avx2();
+  // The vector bodies take every KV head of a sequence in one item (they read whole cache rows).
   const int heads_per_item = simd ? p.n_kv_heads : 1;
   std::vector<AttnItem> items;
   for (int s = 0; s < n_seqs; ++s)

@@ -1,6 +1,7 @@
 // The per-ISA body of paged_attention (attention.h): one work item is one sequence, one KV head
 // and a run of that sequence's queries. attention.cpp holds the driver and the portable body;
-// attention_avx2.cpp the AVX2 one, which gives the same bits (kernel_test compares them).
+// attention_simd_impl.h the vector one (AVX2 and AVX-512VL), which gives the same bits
+// (kernel_test compares them).
 #pragma once
 
 #include <cstdint>
@@ -35,5 +36,7 @@ AttnItemFn attention_item_scalar();
 // Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers every KV
 // head of the sequence in one call (the item's kv_head is ignored).
 AttnItemFn attention_item_avx2();
+// The same operations with AVX-512VL's 32 registers (same conditions, same bits).
+AttnItemFn attention_item_avx512();
 
 }  // namespace fennec::kernels

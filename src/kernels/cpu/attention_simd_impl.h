@@ -1,0 +1,413 @@
+// The vector body of paged_attention, for attention_avx2.cpp (16 ymm registers) and
+// attention_avx512.cpp (the same 256-bit operations with AVX-512VL's 32 registers, which let
+// two query heads keep their rows in registers while they share each key). It performs the
+// float operations of attend_scalar (attention.cpp), per output in the same order, arranged
+// for throughput:
+// - keys and values are converted from fp16 once per work item, inline (no call per row);
+// - q.k: each key's dot keeps its lane-wise chains (ggml_vec_dot_f16's four 16-lane
+//   accumulators, or the tinyBLAS chain of two 8-lane halves), and the final horizontal sum
+//   of eight keys is done at once by transposing shuffles that add the same pairs in the same
+//   order as the single-key reduction (reduce8);
+// - the scores' scale, max, the softmax's exp and the fp16 rounding of the weights run 8 lanes
+//   at a time;
+// - the weighted sum of values is a register-tiled product: up to six rows (query heads that
+//   share a KV head, and neighbouring queries) times 16 or 32 value dimensions per tile, each
+//   value load feeding every row. ggml's f16 dot over key positions keeps one fma chain per
+//   lane slot (position mod 64 for ggml_vec_dot_f16, mod 16 for the tinyBLAS chain), so each
+//   slot's chain runs for the tile at once, and the slots are then combined with the dot's
+//   final additions, dimension-wise.
+// A row's weights outside its own causal window are zero, and fma(0, v, acc) leaves acc
+// unchanged (acc starts at +0 and a sum of nonzero terms is never -0), so rows with different
+// windows share a tile's key range.
+// Include from one file per ISA only: everything here has internal linkage.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/attention_kernels.h"
+#include "kernels/cpu/expf_avx2.h"
+
+namespace fennec::kernels {
+namespace {  // NOLINT(google-build-namespaces): one copy per translation unit
+
+#ifdef __AVX512VL__
+constexpr int kQkRows = 2;   // query heads per q.k pass (their q rows stay in registers)
+constexpr int kPvWidth = 4;  // ymm registers of value dimensions per tile (32 floats)
+#else
+constexpr int kQkRows = 1;
+constexpr int kPvWidth = 2;
+#endif
+constexpr int kPvRows = 6;  // rows per weighted-values tile
+
+inline __m256 load_h8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// impl::reduce16 (the _mm512_reduce_add_ps order) of the 16 lanes lo (0..7), hi (8..15).
+inline float reduce16(__m256 lo, __m256 hi) {
+  const __m256 t3 = _mm256_add_ps(hi, lo);
+  const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+  const __m128 s = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));  // t6[0]+t6[2], t6[1]+t6[3]
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+// The first step of reduce16 after t3 for two keys: [t6 of x | t6 of y], t6[i] = t3[4+i] + t3[i].
+inline __m256 pair_t6(__m256 x, __m256 y) {
+  return _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x31), _mm256_permute2f128_ps(x, y, 0x20));
+}
+
+// reduce16's remaining steps for eight keys at once, from pair_t6 of keys (0,1), (2,3), (4,5),
+// (6,7): each key's (t6[0]+t6[2]) + (t6[1]+t6[3]), keys in lane order.
+inline __m256 reduce8(__m256 u01, __m256 u23, __m256 u45, __m256 u67) {
+  // [k0 s0, k2 s0, k0 s1, k2 s1 | k1 s0, k3 s0, k1 s1, k3 s1], s0 = t6[0]+t6[2], s1 = t6[1]+t6[3]
+  const __m256 s = _mm256_add_ps(_mm256_unpacklo_ps(u01, u23), _mm256_unpackhi_ps(u01, u23));
+  const __m256 t = _mm256_add_ps(_mm256_unpacklo_ps(u45, u67), _mm256_unpackhi_ps(u45, u67));
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(s, t, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm256_shuffle_ps(s, t, _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // k0 k2 k4 k6 | k1 ..
+}
+
+// impl::dot_f16 (ggml_vec_dot_f16 on AVX-512), n % 16 == 0: for head sizes that are not a
+// multiple of 64 (the batched path below needs whole 64-lane steps).
+inline float dot_ggml(const float* a, const float* b, int64_t n) {
+  const int64_t np = n & ~int64_t{63};
+  __m256 acc[8];
+  for (auto& x : acc) x = _mm256_setzero_ps();
+  for (int64_t i = 0; i < np; i += 64)
+    for (int k = 0; k < 8; ++k)
+      acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * k), _mm256_loadu_ps(b + i + 8 * k), acc[k]);
+  // accumulator j is acc[2j] (lanes 0..7) and acc[2j+1] (8..15): (0+2)+(1+3) lane-wise.
+  const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+  const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+  if (np == n) return reduce16(lo, hi);
+  double s = reduce16(lo, hi);
+  for (int64_t i = np; i < n; ++i) s += static_cast<double>(a[i] * b[i]);
+  return static_cast<float>(s);
+}
+
+// t3 (the 8-lane sum that reduce16 starts from) of one key k against NQ query rows. kChain:
+// the tinyBLAS chain (dk % 16 == 0); otherwise ggml_vec_dot_f16 (dk % 64 == 0). DK: the head
+// size when known at compile time (0: dk). q[r]: the fp16-rounded query rows.
+template <bool kChain, int NQ, int DK>
+__attribute__((always_inline)) inline void key_t3(const float* const* q, const float* k, int dk, __m256* t3) {
+  const int n = DK > 0 ? DK : dk;
+  if constexpr (kChain) {
+    __m256 lo[NQ], hi[NQ];
+    for (int r = 0; r < NQ; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+      const __m256 k0 = _mm256_loadu_ps(k + i), k1 = _mm256_loadu_ps(k + i + 8);
+      for (int r = 0; r < NQ; ++r) {
+        lo[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i), k0, lo[r]);
+        hi[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8), k1, hi[r]);
+      }
+    }
+    for (int r = 0; r < NQ; ++r) t3[r] = _mm256_add_ps(hi[r], lo[r]);
+  } else {
+    __m256 acc[NQ][8];
+    for (int r = 0; r < NQ; ++r)
+      for (auto& x : acc[r]) x = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 64)
+      for (int j = 0; j < 8; ++j) {
+        const __m256 kv = _mm256_loadu_ps(k + i + 8 * j);
+        for (int r = 0; r < NQ; ++r) acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8 * j), kv, acc[r][j]);
+      }
+    for (int r = 0; r < NQ; ++r) {
+      const __m256* a = acc[r];
+      const __m256 lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+      const __m256 hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+      t3[r] = _mm256_add_ps(hi, lo);
+    }
+  }
+}
+
+// Unscaled scores of NQ query rows against keys lo .. hi (kb: the key row of position lo, row
+// stride kw), eight keys per step: positions up to hi + 7 are written (and their key rows read).
+template <bool kChain, int NQ, int DK>
+void qk_scores(const float* const* q, const float* kb, int64_t kw, int dk, int32_t lo, int32_t hi,
+               float* const* scores) {
+  // With DK known, the rows are copied into locals the compiler can keep in registers (the
+  // score stores could otherwise alias them).
+  constexpr int kLocal = DK > 0 ? DK : 16;
+  alignas(32) float ql[NQ][kLocal];
+  const float* qp[NQ];
+  for (int r = 0; r < NQ; ++r) {
+    if constexpr (DK > 0) {
+      std::copy(q[r], q[r] + DK, ql[r]);
+      qp[r] = ql[r];
+    } else {
+      qp[r] = q[r];
+    }
+  }
+  for (int32_t j = lo; j <= hi; j += 8, kb += 8 * kw) {
+    __m256 u[4][NQ];
+    for (int p = 0; p < 4; ++p) {
+      __m256 x[NQ], y[NQ];
+      key_t3<kChain, NQ, DK>(qp, kb + (2 * p) * kw, dk, x);
+      key_t3<kChain, NQ, DK>(qp, kb + (2 * p + 1) * kw, dk, y);
+      for (int r = 0; r < NQ; ++r) u[p][r] = pair_t6(x[r], y[r]);
+    }
+    for (int r = 0; r < NQ; ++r) _mm256_storeu_ps(scores[r] + j, reduce8(u[0][r], u[1][r], u[2][r], u[3][r]));
+  }
+}
+
+// impl::softmax_exp over [i0, n), n and i0 multiples of 16 (chunks before i0 would add zeros).
+inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float max) {
+  const __m256 vm = _mm256_set1_ps(max);
+  double sum = 0;
+  for (int64_t i = i0; i < n; i += 16) {
+    const __m256 lo = expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    const __m256 hi = expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vm));
+    _mm256_storeu_ps(y + i, lo);
+    _mm256_storeu_ps(y + i + 8, hi);
+    sum += reduce16(lo, hi);
+  }
+  return sum;
+}
+
+// One tile of the weighted values: NR rows (weights w[row], indexed by key position) times NV*8
+// value dimensions from e, over key positions k0 .. k1; v: the value row of position k_lo, row
+// stride ldv. Each slot's chain is left in slots[(r * NR + row) * NV * 8 ...].
+template <int R, int NR, int NV>
+void pv_slots(const float* const* w, int32_t k0, int32_t k1, const float* v, int32_t k_lo,
+              int64_t ldv, int e, float* slots) {
+  for (int r = 0; r < R; ++r) {
+    const int32_t first = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
+    __m256 acc[NR][NV];
+    for (int i = 0; i < NR; ++i)
+      for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_setzero_ps();
+    for (int32_t k = first; k <= k1; k += R) {
+      const float* vk = v + static_cast<int64_t>(k - k_lo) * ldv + e;
+      __m256 vv[NV];
+      for (int n = 0; n < NV; ++n) vv[n] = _mm256_loadu_ps(vk + 8 * n);
+      for (int i = 0; i < NR; ++i) {
+        const __m256 wk = _mm256_broadcast_ss(w[i] + k);
+        for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
+      }
+    }
+    float* s = slots + static_cast<int64_t>(r) * NR * NV * 8;
+    for (int i = 0; i < NR; ++i)
+      for (int n = 0; n < NV; ++n) _mm256_storeu_ps(s + (i * NV + n) * 8, acc[i][n]);
+  }
+}
+
+// Combines the slots of pv_slots into out[row][e ..]: the dot's final additions, dimension-wise.
+template <int R, int NR, int NV>
+void pv_combine(const float* slots, float* const* out, int e) {
+  for (int i = 0; i < NR; ++i)
+    for (int n = 0; n < NV; ++n) {
+      auto slot = [&](int r) { return _mm256_loadu_ps(slots + ((static_cast<int64_t>(r) * NR + i) * NV + n) * 8); };
+      __m256 x[16];
+      for (int l = 0; l < 16; ++l) {
+        if constexpr (R == 64)  // accumulator j holds slots 16j + l: (0+2)+(1+3)
+          x[l] = _mm256_add_ps(_mm256_add_ps(slot(l), slot(32 + l)), _mm256_add_ps(slot(16 + l), slot(48 + l)));
+        else
+          x[l] = slot(l);
+      }
+      // reduce16 of each dimension's 16 lanes, dimension-wise.
+      __m256 t3[8], t6[4];
+      for (int j = 0; j < 8; ++j) t3[j] = _mm256_add_ps(x[8 + j], x[j]);
+      for (int j = 0; j < 4; ++j) t6[j] = _mm256_add_ps(t3[4 + j], t3[j]);
+      _mm256_storeu_ps(out[i] + e + 8 * n,
+                       _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3])));
+    }
+}
+
+template <int R, int NR>
+void pv_rows(const float* const* w, int32_t k0, int32_t k1, const float* v, int32_t k_lo, int64_t ldv,
+             int dv, float* slots, float* const* out) {
+  int e = 0;
+  for (; e + 8 * kPvWidth <= dv; e += 8 * kPvWidth) {
+    pv_slots<R, NR, kPvWidth>(w, k0, k1, v, k_lo, ldv, e, slots);
+    pv_combine<R, NR, kPvWidth>(slots, out, e);
+  }
+  for (; e < dv; e += 8) {
+    pv_slots<R, NR, 1>(w, k0, k1, v, k_lo, ldv, e, slots);
+    pv_combine<R, NR, 1>(slots, out, e);
+  }
+}
+
+// out[row][e] for n_rows <= kPvRows rows: the f16 dot of the weights w[row] over key positions
+// k0 .. k1 with value dimension e, in the lane order of ggml_vec_dot_f16 (R = 64) or of the
+// tinyBLAS chain (R = 16).
+template <int R>
+void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, const float* v,
+                     int32_t k_lo, int64_t ldv, int dv, float* slots, float* const* out) {
+  switch (n_rows) {
+    case 1: return pv_rows<R, 1>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    case 2: return pv_rows<R, 2>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    case 3: return pv_rows<R, 3>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    case 4: return pv_rows<R, 4>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    case 5: return pv_rows<R, 5>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    default: return pv_rows<R, 6>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+  }
+}
+
+// Rows [k_lo, k_lo + n) of one layer's cache (every KV head: a block's slots are contiguous, so
+// the reads stream), converted to f32 at dst (row stride `width`).
+void gather_rows(const uint16_t* cache, int64_t width, const AttnSequence& sq, int block_size,
+                 int32_t k_lo, int32_t n, float* dst) {
+  for (int32_t j = 0; j < n;) {
+    const int32_t kp = k_lo + j;
+    const int32_t run = std::min(n - j, block_size - kp % block_size);  // slots left in the block
+    const uint16_t* src =
+        cache + (static_cast<int64_t>(sq.block_table[kp / block_size]) * block_size + kp % block_size) * width;
+    float* d = dst + static_cast<int64_t>(j) * width;
+    const int64_t count = run * width;
+    for (int64_t e = 0; e < count; e += 8) _mm256_storeu_ps(d + e, load_h8(src + e));
+    j += run;
+  }
+}
+
+template <bool kChain, int NQ>
+void qk_dispatch(const float* const* q, const float* kb, int64_t kw, int dk, int32_t lo, int32_t hi,
+                 float* const* scores) {
+  if (dk == 64)
+    qk_scores<kChain, NQ, 64>(q, kb, kw, dk, lo, hi, scores);
+  else
+    qk_scores<kChain, NQ, 0>(q, kb, kw, dk, lo, hi, scores);
+}
+
+// One work item covers every KV head of its sequence (AttnItem::kv_head is ignored): the rows
+// are gathered once, whole. Queries are taken kPvRows / group at a time, so that their heads
+// of one KV head fill a weighted-values tile.
+void attend_simd(const AttnArgs& a, const AttnItem& w) {
+  const AttnParams& p = *a.p;
+  const AttnSequence& sq = *w.seq;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int dk = p.head_dim_k, dv = p.head_dim_v;
+  const int64_t kw = static_cast<int64_t>(p.n_kv_heads) * dk, vw = static_cast<int64_t>(p.n_kv_heads) * dv;
+  const bool chain = sq.n_queries >= 2;  // see attend_scalar
+  const bool batched = chain || dk % 64 == 0;
+  const int32_t first_pos = sq.pos0 + w.q_begin;
+  const int32_t last_pos = sq.pos0 + w.q_end - 1;
+  const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
+  const int32_t n_keys = last_pos + 1 - k_lo;
+  const int64_t n_row = round_up(last_pos + 1, 16) + 8;  // + the 8-key steps' overhang
+  const int per_pass = std::max(1, kPvRows / group);      // queries per pass
+  const int rows = per_pass * group;
+  thread_local std::vector<float> keys, vals, scores, probs, qh, slots;
+  thread_local std::vector<const float*> qrows, prows;
+  thread_local std::vector<float*> srows, orows;
+  qrows.resize(static_cast<size_t>(rows));
+  prows.resize(static_cast<size_t>(rows));
+  srows.resize(static_cast<size_t>(rows));
+  orows.resize(static_cast<size_t>(rows));
+  keys.resize(static_cast<size_t>((n_keys + 8) * kw));
+  std::fill(keys.begin() + static_cast<int64_t>(n_keys) * kw, keys.end(), 0.0f);
+  vals.resize(static_cast<size_t>(n_keys * vw));
+  scores.resize(static_cast<size_t>(rows * n_row));
+  probs.resize(static_cast<size_t>(rows * n_row));
+  qh.resize(static_cast<size_t>(rows * dk));
+  slots.resize(static_cast<size_t>(64 * kPvRows * 8 * kPvWidth));
+  gather_rows(a.k_cache, kw, sq, p.block_size, k_lo, n_keys, keys.data());
+  gather_rows(a.v_cache, vw, sq, p.block_size, k_lo, n_keys, vals.data());
+  const __m256 vscale = _mm256_set1_ps(p.scale);
+  for (int32_t q0 = w.q_begin; q0 < w.q_end; q0 += per_pass) {
+    const int nq = std::min<int>(per_pass, w.q_end - q0);
+    const int32_t pass_lo = p.window > 0 ? std::max(0, sq.pos0 + q0 - p.window + 1) : 0;
+    const int32_t pass_hi = sq.pos0 + q0 + nq - 1;
+    for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) {
+      const float** qrow = qrows.data();
+      float** srow = srows.data();
+      const float** prow = prows.data();
+      float** orow = orows.data();
+      for (int t = 0; t < nq; ++t) {
+        const int32_t pos = sq.pos0 + q0 + t;
+        const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
+        const int64_t m = round_up(pos + 1, 16);
+        const int64_t lo16 = lo / 16 * 16;
+        const int64_t row = sq.row + q0 + t;
+        for (int g = 0; g < group; ++g) {
+          const int i = t * group + g;
+          const int head = kvh * group + g;
+          const float* qsrc = a.q + row * a.ldq + static_cast<int64_t>(head) * dk;
+          float* qd = qh.data() + static_cast<int64_t>(i) * dk;
+          for (int e = 0; e < dk; e += 8)
+            _mm256_storeu_ps(qd + e, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(qsrc + e), _MM_FROUND_TO_NEAREST_INT)));
+          qrow[i] = qd;
+          srow[i] = scores.data() + static_cast<int64_t>(i) * n_row;
+          prow[i] = probs.data() + static_cast<int64_t>(i) * n_row;
+          orow[i] = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
+        }
+        const float* kb = keys.data() + (lo - k_lo) * kw + static_cast<int64_t>(kvh) * dk;
+        const float* const* qt = qrow + t * group;
+        float* const* st = srow + t * group;
+        if (!batched) {  // ggml order with a head size that is not a multiple of 64
+          for (int g = 0; g < group; ++g)
+            for (int32_t j = lo; j <= pos; ++j) st[g][j] = dot_ggml(qt[g], kb + (j - lo) * kw, dk);
+        } else {
+          int g = 0;
+          for (; g + kQkRows <= group; g += kQkRows) {
+            if (chain)
+              qk_dispatch<true, kQkRows>(qt + g, kb, kw, dk, lo, pos, st + g);
+            else
+              qk_dispatch<false, kQkRows>(qt + g, kb, kw, dk, lo, pos, st + g);
+          }
+          for (; g < group; ++g) {
+            if (chain)
+              qk_dispatch<true, 1>(qt + g, kb, kw, dk, lo, pos, st + g);
+            else
+              qk_dispatch<false, 1>(qt + g, kb, kw, dk, lo, pos, st + g);
+          }
+        }
+        for (int g = 0; g < group; ++g) {
+          float* sc = st[g];
+          float* pr = probs.data() + static_cast<int64_t>(t * group + g) * n_row;
+          for (int64_t j = lo16; j < lo; ++j) sc[j] = -INFINITY;
+          for (int64_t j = pos + 1; j < m; ++j) sc[j] = -INFINITY;
+          // scale (and softcap), then the max, 8 positions at a time where the softcap allows.
+          float mx = -INFINITY;
+          if (p.softcap > 0) {
+            for (int32_t j = lo; j <= pos; ++j) {
+              const float s = p.softcap * std::tanh(sc[j] * p.scale / p.softcap);
+              sc[j] = s;
+              mx = std::max(mx, s);
+            }
+          } else {
+            __m256 vmax = _mm256_set1_ps(-INFINITY);
+            int32_t j = lo;
+            for (; j + 8 <= pos + 1; j += 8) {
+              const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(sc + j), vscale);
+              _mm256_storeu_ps(sc + j, s);
+              vmax = _mm256_max_ps(vmax, s);
+            }
+            for (; j <= pos; ++j) {
+              sc[j] *= p.scale;
+              mx = std::max(mx, sc[j]);
+            }
+            alignas(32) float tmp[8];
+            _mm256_store_ps(tmp, vmax);
+            for (float x : tmp) mx = std::max(mx, x);
+          }
+          const double sum = softmax_exp(sc, pr, lo16, m, mx);
+          const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+          for (int64_t j = lo16; j < m; j += 8) {
+            const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), inv);
+            _mm256_storeu_ps(pr + j, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
+          }
+          // Zero weight where this row's window leaves the pass's key range.
+          for (int64_t j = pass_lo; j < lo16; ++j) pr[j] = 0.0f;
+          for (int64_t j = m; j <= pass_hi; ++j) pr[j] = 0.0f;
+        }
+      }
+      const float* vb = vals.data() + static_cast<int64_t>(kvh) * dv;
+      const int n_rows = nq * group;
+      const int n_tiles = (n_rows + kPvRows - 1) / kPvRows;
+      for (int r0 = 0, tile = 0; tile < n_tiles; ++tile) {
+        const int r1 = n_rows * (tile + 1) / n_tiles;
+        if (chain)
+          weighted_values<16>(prow + r0, r1 - r0, pass_lo, pass_hi, vb, k_lo, vw, dv, slots.data(), orow + r0);
+        else
+          weighted_values<64>(prow + r0, r1 - r0, pass_lo, pass_hi, vb, k_lo, vw, dv, slots.data(), orow + r0);
+        r0 = r1;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fennec::kernels
