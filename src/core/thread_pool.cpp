@@ -1,5 +1,6 @@
 #include "core/thread_pool.h"
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -29,7 +30,8 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
 // How long a waiting thread polls before it sleeps: at most longer than the gaps between the
 // kernels of one decode step (norms, rope, sampling: a few microseconds), short enough that an
 // idle pool leaves the cores alone. Each waiting thread adapts its own budget between the
-// bounds: halved when a spin ends in sleep, doubled when it succeeds. On a machine shared with
+// bounds (wait_ended): halved after a wait longer than the longest spin, doubled after a shorter
+// one. On a machine shared with
 // other busy processes the thread being waited for is often not running, and a full-length spin
 // only keeps it off the core longer (SmolLM2 decode on 2 cores beside a busy server: 29 tok/s
 // with a fixed 50 us spin, 78 with the adaptive budget; alone, both ~135, and 60 without any
@@ -45,22 +47,31 @@ inline void cpu_relax() {
 #endif
 }
 
-// Polls done() for up to *budget_ns: true if it held, false if the budget ran out. Adapts the
-// budget as described above.
+// Polls done() for up to *budget_ns: true if it held, false if the budget ran out (the caller
+// then sleeps, and reports the whole wait to wait_ended).
 template <class Pred>
-bool spin_until(Pred done, int64_t* budget_ns) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(*budget_ns);
+bool spin_until(Pred done, int64_t budget_ns, std::chrono::steady_clock::time_point start) {
+  const auto deadline = start + std::chrono::nanoseconds(budget_ns);
   for (unsigned i = 1;; ++i) {
-    if (done()) {
-      *budget_ns = std::min(kSpinMaxNs, *budget_ns * 2);
-      return true;
-    }
+    if (done()) return true;
     cpu_relax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() >= deadline) {
-      *budget_ns = std::max(kSpinMinNs, *budget_ns / 2);
-      return false;
-    }
+    if (i % 64 == 0 && std::chrono::steady_clock::now() >= deadline) return false;
   }
+}
+
+// Adapts a spin budget to the wait that just ended (spun or slept): a wait that a full-length
+// spin would have caught doubles the budget (up to kSpinMaxNs), a longer one halves it. The
+// budget so follows the waits themselves, not the spins' outcomes: judged by outcome alone, a
+// budget that has shrunk below the usual gap fails every time and never grows back, and each
+// wait then costs a sleep, a wake-up call and the wake-up latency (a 2-thread decode step of a
+// 1.2B model slept 80 times per token that way, 10% of its time).
+void wait_ended(bool spun, std::chrono::steady_clock::time_point start, int64_t* budget_ns) {
+  const int64_t waited =
+      spun ? 0 : std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  if (waited <= kSpinMaxNs)
+    *budget_ns = std::min(kSpinMaxNs, std::max(*budget_ns * 2, waited * 2));
+  else
+    *budget_ns = std::max(kSpinMinNs, *budget_ns / 2);
 }
 
 // Sleeps while *word == expected (the kernel checks it atomically with going to sleep, so a
@@ -75,13 +86,34 @@ void futex_wake_all(std::atomic<uint32_t>& word) {
           nullptr, 0);
 }
 
+// The calling thread's /proc schedstat file ("cpu time, run-queue delay, timeslices" in ns),
+// or -1 where the kernel has none.
+int open_schedstat() { return open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC); }
+
+// Nanoseconds the thread has spent runnable but waiting for a CPU, or -1.
+int64_t read_run_delay(int fd) {
+  char buf[96];
+  const ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  char* end = nullptr;
+  std::strtoll(buf, &end, 10);
+  if (end == buf) return -1;
+  const char* second = end;
+  const long long delay = std::strtoll(second, &end, 10);
+  return end == second ? -1 : delay;
+}
+
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads, bool pin) : n_threads_(std::max(1, n_threads)) {
+ThreadPool::ThreadPool(int n_threads, bool pin)
+    : n_threads_(std::max(1, n_threads)), stat_fds_(static_cast<size_t>(n_threads_)) {
   if (pin) cpus_ = pin_cpus();
+  for (auto& fd : stat_fds_) fd.store(-1, std::memory_order_relaxed);
   for (int i = 1; i < n_threads_; ++i)
     threads_.emplace_back([this, i] {
       if (!cpus_.empty()) pin_this_thread(cpus_[static_cast<size_t>(i) % cpus_.size()]);
+      stat_fds_[static_cast<size_t>(i)].store(open_schedstat(), std::memory_order_release);
       worker(i);
     });
 }
@@ -91,6 +123,41 @@ ThreadPool::~ThreadPool() {
   generation_.fetch_add(1, std::memory_order_seq_cst);
   futex_wake_all(generation_);
   for (auto& t : threads_) t.join();
+  for (auto& fd : stat_fds_)
+    if (fd.load() >= 0) close(fd.load());
+}
+
+// Spinning is only worth it while every pool thread has a CPU. When other processes want the
+// same CPUs, the thread being waited for is often queued behind them, and a spinning waiter
+// keeps it queued longer: SmolLM2's 2-thread decode beside one busy process ran at 86 tok/s
+// with spins sized for a quiet machine and at 131 when every wait slept at once, while alone
+// the spins give +10-30% (a 1.2B model: 48 -> 53-63 tok/s). So the caller checks every few
+// milliseconds how long the pool's threads have waited in the run queue (the kernel's
+// schedstat), and above a tenth of the interval the waits sleep at once until a later check
+// finds the CPUs free again.
+void ThreadPool::check_contention() {
+  constexpr auto kInterval = std::chrono::milliseconds(4);
+  const auto now = std::chrono::steady_clock::now();
+  if (last_delay_ns_ >= 0 && now - last_check_ < kInterval) return;
+  if (stat_caller_ != std::this_thread::get_id()) {  // slot 0 follows the calling thread
+    if (stat_fds_[0].load() >= 0) close(stat_fds_[0].load());
+    stat_fds_[0].store(open_schedstat());
+    stat_caller_ = std::this_thread::get_id();
+    last_delay_ns_ = -1;
+  }
+  int64_t delay = 0;
+  for (auto& fd : stat_fds_) {
+    const int f = fd.load(std::memory_order_acquire);
+    const int64_t d = f >= 0 ? read_run_delay(f) : -1;
+    if (d < 0) return;  // not readable (yet): leave the spins as they are
+    delay += d;
+  }
+  if (last_delay_ns_ >= 0) {
+    const int64_t elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(now - last_check_).count();
+    contended_.store((delay - last_delay_ns_) * 10 > elapsed, std::memory_order_relaxed);
+  }
+  last_delay_ns_ = delay;
+  last_check_ = now;
 }
 
 // The sleep protocol on both words is Dekker's: the sleeper announces itself (seq_cst) and then
@@ -102,13 +169,16 @@ void ThreadPool::worker(int index) {
   int64_t spin_ns = kSpinMaxNs;
   for (;;) {
     uint32_t g = seen;
-    if (!spin_until([&] { return (g = generation_.load(std::memory_order_acquire)) != seen; },
-                    &spin_ns)) {
+    const auto start = std::chrono::steady_clock::now();
+    const bool spun = spin_until([&] { return (g = generation_.load(std::memory_order_acquire)) != seen; },
+                                 contended_.load(std::memory_order_relaxed) ? 0 : spin_ns, start);
+    if (!spun) {
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       while ((g = generation_.load(std::memory_order_seq_cst)) == seen)
         futex_wait(generation_, seen);
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
+    wait_ended(spun, start, &spin_ns);
     seen = g;
     if (stop_) return;
     (*job_)(index, n_threads_);
@@ -127,18 +197,22 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  check_contention();
   // All workers finished the previous job (pending_ reached 0), so nobody reads job_ now.
   job_ = &fn;
   pending_.store(static_cast<uint32_t>(n_threads_ - 1), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and pending_
   if (sleepers_.load(std::memory_order_seq_cst) != 0) futex_wake_all(generation_);
   fn(0, n_threads_);
-  if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; },
-                  &caller_spin_ns_)) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool spun = spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; },
+                               contended_.load(std::memory_order_relaxed) ? 0 : caller_spin_ns_, start);
+  if (!spun) {
     caller_sleeping_.store(1, std::memory_order_seq_cst);
     for (uint32_t p; (p = pending_.load(std::memory_order_seq_cst)) != 0;) futex_wait(pending_, p);
     caller_sleeping_.store(0, std::memory_order_relaxed);
   }
+  wait_ended(spun, start, &caller_spin_ns_);
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {

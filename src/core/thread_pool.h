@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <thread>
@@ -25,6 +26,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+  // True while the last check found the pool's threads waiting for CPUs held by other work (then
+  // every wait sleeps at once instead of spinning; see thread_pool.cpp).
+  bool contended() const { return contended_.load(std::memory_order_relaxed); }
 
   // Runs fn(begin, end) over [0, n) split into contiguous chunks, one or more per thread,
   // and waits for all of them.
@@ -47,6 +51,16 @@ class ThreadPool {
   alignas(64) std::atomic<uint32_t> sleepers_{0};    // workers asleep (or about to) on generation_
   std::atomic<uint32_t> caller_sleeping_{0};         // the caller asleep (or about to) on pending_
   int64_t caller_spin_ns_ = 50'000;                  // the caller's spin budget (see the .cpp)
+  // Oversubscription watch (see the .cpp): each thread's /proc schedstat file (slot 0: the
+  // calling thread's, reopened when another thread calls), the run-queue delay summed over them
+  // at the last check, and its time.
+  std::vector<std::atomic<int>> stat_fds_;
+  std::thread::id stat_caller_;
+  int64_t last_delay_ns_ = -1;
+  std::chrono::steady_clock::time_point last_check_;
+  // Set while the threads wait for CPUs that other processes hold: waits then sleep at once.
+  std::atomic<bool> contended_{false};
+  void check_contention();
   std::vector<int> cpus_;                            // pin: the CPUs, thread i on cpus_[i % size]
   std::thread::id pinned_caller_;                    // the calling thread pinned last
 };

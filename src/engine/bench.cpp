@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <random>
 
+#include "core/huge_alloc.h"
 #include "engine/kv_cache.h"
 
 namespace fennec::engine {
@@ -156,10 +158,13 @@ std::string cpu_model_name() {
 
 double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
   const int64_t n = bytes / 8;
-  std::unique_ptr<uint64_t[]> buf(new uint64_t[static_cast<size_t>(n)]);
+  // Placed as the packed weights are (alloc_streamed), so that the roofline compares like with like.
+  std::unique_ptr<uint64_t, void (*)(void*)> buf(static_cast<uint64_t*>(alloc_streamed(static_cast<size_t>(n) * 8)),
+                                                 std::free);
+  if (!buf) return 0;
   // Each thread touches (and so places) the part it reads later.
   pool.parallel_for(n, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) buf[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
+    for (int64_t i = a; i < b; ++i) buf.get()[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
   });
   std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
   double best = 0;
@@ -170,8 +175,8 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
       uint64_t s[8] = {};
       int64_t i = a;
       for (; i + 8 <= b; i += 8)
-        for (int k = 0; k < 8; ++k) s[k] += buf[static_cast<size_t>(i + k)];
-      for (; i < b; ++i) s[0] += buf[static_cast<size_t>(i)];
+        for (int k = 0; k < 8; ++k) s[k] += buf.get()[static_cast<size_t>(i + k)];
+      for (; i < b; ++i) s[0] += buf.get()[static_cast<size_t>(i)];
       for (int k = 0; k < 8; ++k) sink[static_cast<size_t>(ti) * 8 + static_cast<size_t>(k)] = s[k];
     });
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/float_convert.h"
+#include "core/huge_alloc.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
@@ -395,7 +396,8 @@ void PackedWeights::pack(WeightView& w, ThreadPool& pool, bool release_mapped) {
                                                                                    : quant::kQK;
   if (w.cols % per_block != 0) return;
   const int64_t bytes = packed_bytes(w.type, w.rows, w.cols);
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64)));
+  // On huge pages where the kernel gives them: a decode step streams every packed byte once.
+  auto* p = static_cast<uint8_t*>(alloc_streamed(static_cast<size_t>(bytes)));
   if (!p) return;  // keep the unpacked path
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
   pool.parallel_for(groups, [&](int64_t g0, int64_t g1) { pack_groups(w, p, g0, g1); });

@@ -1,0 +1,15 @@
+// Large buffers that are streamed whole (packed weights, the bandwidth probe) on transparent huge
+// pages: 2 MB aligned, with MADV_HUGEPAGE (the kernel's default policy is often "madvise").
+// Streaming a buffer on 4 KB pages also walks the page tables for every 4 KB of it.
+#pragma once
+
+#include <cstddef>
+
+namespace fennec {
+
+// Like std::aligned_alloc(64, bytes); buffers of 2 MB and more start on a 2 MB boundary and ask
+// for huge pages (advice only). Free with std::free. Pages never written stay unbacked, so the
+// alignment costs address space, not memory. nullptr when out of memory.
+void* alloc_streamed(size_t bytes);
+
+}  // namespace fennec
