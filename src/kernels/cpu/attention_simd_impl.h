@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/attention_kernels.h"
@@ -46,6 +47,25 @@ constexpr int kPvRows = 6;  // rows per weighted-values tile
 inline __m256 load_h8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
+
+// Where an item's key or value rows are read: converted to f32 and gathered (F32Rows: position
+// k's row at base + (k - k0) * stride + off), or in the fp16 cache itself through a table of
+// row pointers (F16Rows: rows[k - k0] + off). off selects the KV head.
+struct F32Rows {
+  const float* base;
+  int64_t stride;
+  int32_t k0;
+  int64_t off;
+  const float* row(int32_t k) const { return base + static_cast<int64_t>(k - k0) * stride + off; }
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+};
+struct F16Rows {
+  const uint16_t* const* rows;
+  int32_t k0;
+  int64_t off;
+  const uint16_t* row(int32_t k) const { return rows[k - k0] + off; }
+  static __m256 load(const uint16_t* p) { return load_h8(p); }
+};
 
 // impl::reduce16 (the _mm512_reduce_add_ps order) of the 16 lanes lo (0..7), hi (8..15).
 inline float reduce16(__m256 lo, __m256 hi) {
@@ -92,14 +112,14 @@ inline float dot_ggml(const float* a, const float* b, int64_t n) {
 // t3 (the 8-lane sum that reduce16 starts from) of one key k against NQ query rows. kChain:
 // the tinyBLAS chain (dk % 16 == 0); otherwise ggml_vec_dot_f16 (dk % 64 == 0). DK: the head
 // size when known at compile time (0: dk). q[r]: the fp16-rounded query rows.
-template <bool kChain, int NQ, int DK>
-__attribute__((always_inline)) inline void key_t3(const float* const* q, const float* k, int dk, __m256* t3) {
+template <bool kChain, int NQ, int DK, class Rows, class T>
+__attribute__((always_inline)) inline void key_t3(const float* const* q, const T* k, int dk, __m256* t3) {
   const int n = DK > 0 ? DK : dk;
   if constexpr (kChain) {
     __m256 lo[NQ], hi[NQ];
     for (int r = 0; r < NQ; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 16) {
-      const __m256 k0 = _mm256_loadu_ps(k + i), k1 = _mm256_loadu_ps(k + i + 8);
+      const __m256 k0 = Rows::load(k + i), k1 = Rows::load(k + i + 8);
       for (int r = 0; r < NQ; ++r) {
         lo[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i), k0, lo[r]);
         hi[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8), k1, hi[r]);
@@ -112,7 +132,7 @@ __attribute__((always_inline)) inline void key_t3(const float* const* q, const f
       for (auto& x : acc[r]) x = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 64)
       for (int j = 0; j < 8; ++j) {
-        const __m256 kv = _mm256_loadu_ps(k + i + 8 * j);
+        const __m256 kv = Rows::load(k + i + 8 * j);
         for (int r = 0; r < NQ; ++r) acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8 * j), kv, acc[r][j]);
       }
     for (int r = 0; r < NQ; ++r) {
@@ -124,11 +144,10 @@ __attribute__((always_inline)) inline void key_t3(const float* const* q, const f
   }
 }
 
-// Unscaled scores of NQ query rows against keys lo .. hi (kb: the key row of position lo, row
-// stride kw), eight keys per step: positions up to hi + 7 are written (and their key rows read).
-template <bool kChain, int NQ, int DK>
-void qk_scores(const float* const* q, const float* kb, int64_t kw, int dk, int32_t lo, int32_t hi,
-               float* const* scores) {
+// Unscaled scores of NQ query rows against keys lo .. hi, eight keys per step: positions up to
+// hi + 7 are written (and their key rows read).
+template <bool kChain, int NQ, int DK, class Rows>
+void qk_scores(const float* const* q, const Rows& kr, int dk, int32_t lo, int32_t hi, float* const* scores) {
   // With DK known, the rows are copied into locals the compiler can keep in registers (the
   // score stores could otherwise alias them).
   constexpr int kLocal = DK > 0 ? DK : 16;
@@ -142,12 +161,12 @@ void qk_scores(const float* const* q, const float* kb, int64_t kw, int dk, int32
       qp[r] = q[r];
     }
   }
-  for (int32_t j = lo; j <= hi; j += 8, kb += 8 * kw) {
+  for (int32_t j = lo; j <= hi; j += 8) {
     __m256 u[4][NQ];
     for (int p = 0; p < 4; ++p) {
       __m256 x[NQ], y[NQ];
-      key_t3<kChain, NQ, DK>(qp, kb + (2 * p) * kw, dk, x);
-      key_t3<kChain, NQ, DK>(qp, kb + (2 * p + 1) * kw, dk, y);
+      key_t3<kChain, NQ, DK, Rows>(qp, kr.row(j + 2 * p), dk, x);
+      key_t3<kChain, NQ, DK, Rows>(qp, kr.row(j + 2 * p + 1), dk, y);
       for (int r = 0; r < NQ; ++r) u[p][r] = pair_t6(x[r], y[r]);
     }
     for (int r = 0; r < NQ; ++r) _mm256_storeu_ps(scores[r] + j, reduce8(u[0][r], u[1][r], u[2][r], u[3][r]));
@@ -169,20 +188,19 @@ inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float
 }
 
 // One tile of the weighted values: NR rows (weights w[row], indexed by key position) times NV*8
-// value dimensions from e, over key positions k0 .. k1; v: the value row of position k_lo, row
-// stride ldv. Each slot's chain is left in slots[(r * NR + row) * NV * 8 ...].
-template <int R, int NR, int NV>
-void pv_slots(const float* const* w, int32_t k0, int32_t k1, const float* v, int32_t k_lo,
-              int64_t ldv, int e, float* slots) {
+// value dimensions from e, over key positions k0 .. k1 of the value rows vr. Each slot's chain
+// is left in slots[(r * NR + row) * NV * 8 ...].
+template <int R, int NR, int NV, class Rows>
+void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* slots) {
   for (int r = 0; r < R; ++r) {
     const int32_t first = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
     __m256 acc[NR][NV];
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_setzero_ps();
     for (int32_t k = first; k <= k1; k += R) {
-      const float* vk = v + static_cast<int64_t>(k - k_lo) * ldv + e;
+      const auto* vk = vr.row(k) + e;
       __m256 vv[NV];
-      for (int n = 0; n < NV; ++n) vv[n] = _mm256_loadu_ps(vk + 8 * n);
+      for (int n = 0; n < NV; ++n) vv[n] = Rows::load(vk + 8 * n);
       for (int i = 0; i < NR; ++i) {
         const __m256 wk = _mm256_broadcast_ss(w[i] + k);
         for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
@@ -216,16 +234,16 @@ void pv_combine(const float* slots, float* const* out, int e) {
     }
 }
 
-template <int R, int NR>
-void pv_rows(const float* const* w, int32_t k0, int32_t k1, const float* v, int32_t k_lo, int64_t ldv,
-             int dv, float* slots, float* const* out) {
+template <int R, int NR, class Rows>
+void pv_rows(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int dv, float* slots,
+             float* const* out) {
   int e = 0;
   for (; e + 8 * kPvWidth <= dv; e += 8 * kPvWidth) {
-    pv_slots<R, NR, kPvWidth>(w, k0, k1, v, k_lo, ldv, e, slots);
+    pv_slots<R, NR, kPvWidth>(w, k0, k1, vr, e, slots);
     pv_combine<R, NR, kPvWidth>(slots, out, e);
   }
   for (; e < dv; e += 8) {
-    pv_slots<R, NR, 1>(w, k0, k1, v, k_lo, ldv, e, slots);
+    pv_slots<R, NR, 1>(w, k0, k1, vr, e, slots);
     pv_combine<R, NR, 1>(slots, out, e);
   }
 }
@@ -233,16 +251,16 @@ void pv_rows(const float* const* w, int32_t k0, int32_t k1, const float* v, int3
 // out[row][e] for n_rows <= kPvRows rows: the f16 dot of the weights w[row] over key positions
 // k0 .. k1 with value dimension e, in the lane order of ggml_vec_dot_f16 (R = 64) or of the
 // tinyBLAS chain (R = 16).
-template <int R>
-void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, const float* v,
-                     int32_t k_lo, int64_t ldv, int dv, float* slots, float* const* out) {
+template <int R, class Rows>
+void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, const Rows& vr, int dv,
+                     float* slots, float* const* out) {
   switch (n_rows) {
-    case 1: return pv_rows<R, 1>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
-    case 2: return pv_rows<R, 2>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
-    case 3: return pv_rows<R, 3>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
-    case 4: return pv_rows<R, 4>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
-    case 5: return pv_rows<R, 5>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
-    default: return pv_rows<R, 6>(w, k0, k1, v, k_lo, ldv, dv, slots, out);
+    case 1: return pv_rows<R, 1>(w, k0, k1, vr, dv, slots, out);
+    case 2: return pv_rows<R, 2>(w, k0, k1, vr, dv, slots, out);
+    case 3: return pv_rows<R, 3>(w, k0, k1, vr, dv, slots, out);
+    case 4: return pv_rows<R, 4>(w, k0, k1, vr, dv, slots, out);
+    case 5: return pv_rows<R, 5>(w, k0, k1, vr, dv, slots, out);
+    default: return pv_rows<R, 6>(w, k0, k1, vr, dv, slots, out);
   }
 }
 
@@ -262,49 +280,40 @@ void gather_rows(const uint16_t* cache, int64_t width, const AttnSequence& sq, i
   }
 }
 
-template <bool kChain, int NQ>
-void qk_dispatch(const float* const* q, const float* kb, int64_t kw, int dk, int32_t lo, int32_t hi,
-                 float* const* scores) {
+template <bool kChain, int NQ, class Rows>
+void qk_dispatch(const float* const* q, const Rows& kr, int dk, int32_t lo, int32_t hi, float* const* scores) {
   if (dk == 64)
-    qk_scores<kChain, NQ, 64>(q, kb, kw, dk, lo, hi, scores);
+    qk_scores<kChain, NQ, 64>(q, kr, dk, lo, hi, scores);
   else
-    qk_scores<kChain, NQ, 0>(q, kb, kw, dk, lo, hi, scores);
+    qk_scores<kChain, NQ, 0>(q, kr, dk, lo, hi, scores);
 }
 
-// One work item covers every KV head of its sequence (AttnItem::kv_head is ignored): the rows
-// are gathered once, whole. Queries are taken kPvRows / group at a time, so that their heads
-// of one KV head fill a weighted-values tile.
-void attend_simd(const AttnArgs& a, const AttnItem& w) {
+// The passes of one work item over its key rows kr and value rows vr (F32Rows or F16Rows with
+// off 0; each KV head adds its own offset). Queries are taken kPvRows / group at a time, so that
+// their heads of one KV head fill a weighted-values tile.
+template <class Rows>
+void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
   const int group = p.n_heads / p.n_kv_heads;
   const int dk = p.head_dim_k, dv = p.head_dim_v;
-  const int64_t kw = static_cast<int64_t>(p.n_kv_heads) * dk, vw = static_cast<int64_t>(p.n_kv_heads) * dv;
   const bool chain = sq.n_queries >= 2;  // see attend_scalar
   const bool batched = chain || dk % 64 == 0;
-  const int32_t first_pos = sq.pos0 + w.q_begin;
   const int32_t last_pos = sq.pos0 + w.q_end - 1;
-  const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
-  const int32_t n_keys = last_pos + 1 - k_lo;
   const int64_t n_row = round_up(last_pos + 1, 16) + 8;  // + the 8-key steps' overhang
   const int per_pass = std::max(1, kPvRows / group);      // queries per pass
   const int rows = per_pass * group;
-  thread_local std::vector<float> keys, vals, scores, probs, qh, slots;
+  thread_local std::vector<float> scores, probs, qh, slots;
   thread_local std::vector<const float*> qrows, prows;
   thread_local std::vector<float*> srows, orows;
   qrows.resize(static_cast<size_t>(rows));
   prows.resize(static_cast<size_t>(rows));
   srows.resize(static_cast<size_t>(rows));
   orows.resize(static_cast<size_t>(rows));
-  keys.resize(static_cast<size_t>((n_keys + 8) * kw));
-  std::fill(keys.begin() + static_cast<int64_t>(n_keys) * kw, keys.end(), 0.0f);
-  vals.resize(static_cast<size_t>(n_keys * vw));
   scores.resize(static_cast<size_t>(rows * n_row));
   probs.resize(static_cast<size_t>(rows * n_row));
   qh.resize(static_cast<size_t>(rows * dk));
   slots.resize(static_cast<size_t>(64 * kPvRows * 8 * kPvWidth));
-  gather_rows(a.k_cache, kw, sq, p.block_size, k_lo, n_keys, keys.data());
-  gather_rows(a.v_cache, vw, sq, p.block_size, k_lo, n_keys, vals.data());
   const __m256 vscale = _mm256_set1_ps(p.scale);
   for (int32_t q0 = w.q_begin; q0 < w.q_end; q0 += per_pass) {
     const int nq = std::min<int>(per_pass, w.q_end - q0);
@@ -315,6 +324,9 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
       float** srow = srows.data();
       const float** prow = prows.data();
       float** orow = orows.data();
+      Rows kh = kr, vh = vr;
+      kh.off = static_cast<int64_t>(kvh) * dk;
+      vh.off = static_cast<int64_t>(kvh) * dv;
       for (int t = 0; t < nq; ++t) {
         const int32_t pos = sq.pos0 + q0 + t;
         const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
@@ -333,25 +345,26 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
           prow[i] = probs.data() + static_cast<int64_t>(i) * n_row;
           orow[i] = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
         }
-        const float* kb = keys.data() + (lo - k_lo) * kw + static_cast<int64_t>(kvh) * dk;
         const float* const* qt = qrow + t * group;
         float* const* st = srow + t * group;
         if (!batched) {  // ggml order with a head size that is not a multiple of 64
-          for (int g = 0; g < group; ++g)
-            for (int32_t j = lo; j <= pos; ++j) st[g][j] = dot_ggml(qt[g], kb + (j - lo) * kw, dk);
+          if constexpr (std::is_same_v<Rows, F32Rows>) {
+            for (int g = 0; g < group; ++g)
+              for (int32_t j = lo; j <= pos; ++j) st[g][j] = dot_ggml(qt[g], kh.row(j), dk);
+          }
         } else {
           int g = 0;
           for (; g + kQkRows <= group; g += kQkRows) {
             if (chain)
-              qk_dispatch<true, kQkRows>(qt + g, kb, kw, dk, lo, pos, st + g);
+              qk_dispatch<true, kQkRows>(qt + g, kh, dk, lo, pos, st + g);
             else
-              qk_dispatch<false, kQkRows>(qt + g, kb, kw, dk, lo, pos, st + g);
+              qk_dispatch<false, kQkRows>(qt + g, kh, dk, lo, pos, st + g);
           }
           for (; g < group; ++g) {
             if (chain)
-              qk_dispatch<true, 1>(qt + g, kb, kw, dk, lo, pos, st + g);
+              qk_dispatch<true, 1>(qt + g, kh, dk, lo, pos, st + g);
             else
-              qk_dispatch<false, 1>(qt + g, kb, kw, dk, lo, pos, st + g);
+              qk_dispatch<false, 1>(qt + g, kh, dk, lo, pos, st + g);
           }
         }
         for (int g = 0; g < group; ++g) {
@@ -394,19 +407,57 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
           for (int64_t j = m; j <= pass_hi; ++j) pr[j] = 0.0f;
         }
       }
-      const float* vb = vals.data() + static_cast<int64_t>(kvh) * dv;
       const int n_rows = nq * group;
       const int n_tiles = (n_rows + kPvRows - 1) / kPvRows;
       for (int r0 = 0, tile = 0; tile < n_tiles; ++tile) {
         const int r1 = n_rows * (tile + 1) / n_tiles;
         if (chain)
-          weighted_values<16>(prow + r0, r1 - r0, pass_lo, pass_hi, vb, k_lo, vw, dv, slots.data(), orow + r0);
+          weighted_values<16>(prow + r0, r1 - r0, pass_lo, pass_hi, vh, dv, slots.data(), orow + r0);
         else
-          weighted_values<64>(prow + r0, r1 - r0, pass_lo, pass_hi, vb, k_lo, vw, dv, slots.data(), orow + r0);
+          weighted_values<64>(prow + r0, r1 - r0, pass_lo, pass_hi, vh, dv, slots.data(), orow + r0);
         r0 = r1;
       }
     }
   }
+}
+
+
+// One work item covers every KV head of its sequence (AttnItem::kv_head is ignored). A chunk of
+// queries reads each key many times: its rows are converted to f32 once, whole. One query
+// (a decode step) reads each key once per pass: it reads the fp16 cache in place.
+void attend_simd(const AttnArgs& a, const AttnItem& w) {
+  const AttnParams& p = *a.p;
+  const AttnSequence& sq = *w.seq;
+  const int dk = p.head_dim_k, dv = p.head_dim_v;
+  const int64_t kw = static_cast<int64_t>(p.n_kv_heads) * dk, vw = static_cast<int64_t>(p.n_kv_heads) * dv;
+  const int32_t first_pos = sq.pos0 + w.q_begin;
+  const int32_t last_pos = sq.pos0 + w.q_end - 1;
+  const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
+  const int32_t n_keys = last_pos + 1 - k_lo;
+  if (sq.n_queries == 1 && dk % 64 == 0) {
+    // Row pointers per position, and 8 more (the 8-key steps' overhang) at a row of zeros.
+    thread_local std::vector<const uint16_t*> krows, vrows;
+    thread_local std::vector<uint16_t> zeros;
+    zeros.assign(static_cast<size_t>(kw), 0);
+    krows.resize(static_cast<size_t>(n_keys + 8));
+    vrows.resize(static_cast<size_t>(n_keys));
+    for (int32_t j = 0; j < n_keys; ++j) {
+      const int32_t kp = k_lo + j;
+      const int64_t slot = static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+      krows[static_cast<size_t>(j)] = a.k_cache + slot * kw;
+      vrows[static_cast<size_t>(j)] = a.v_cache + slot * vw;
+    }
+    for (int j = 0; j < 8; ++j) krows[static_cast<size_t>(n_keys + j)] = zeros.data();
+    attend_rows(a, w, F16Rows{krows.data(), k_lo, 0}, F16Rows{vrows.data(), k_lo, 0});
+    return;
+  }
+  thread_local std::vector<float> keys, vals;
+  keys.resize(static_cast<size_t>((n_keys + 8) * kw));
+  std::fill(keys.begin() + static_cast<int64_t>(n_keys) * kw, keys.end(), 0.0f);
+  vals.resize(static_cast<size_t>(n_keys * vw));
+  gather_rows(a.k_cache, kw, sq, p.block_size, k_lo, n_keys, keys.data());
+  gather_rows(a.v_cache, vw, sq, p.block_size, k_lo, n_keys, vals.data());
+  attend_rows(a, w, F32Rows{keys.data(), kw, k_lo, 0}, F32Rows{vals.data(), vw, k_lo, 0});
 }
 
 }  // namespace
