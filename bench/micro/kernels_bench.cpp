@@ -182,7 +182,7 @@ void matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"tokens", "threads"})->UseRealTime();
 }
 
-// One decode step of 32 sequences at 300 tokens of context (SmolLM2's heads), or one prompt
+// One decode step of 32 sequences or of one at 300 tokens of context (SmolLM2's heads), or one prompt
 // chunk of 128 queries.
 void BM_Attention(benchmark::State& st) {
   const int n_seqs = static_cast<int>(st.range(0)), n_q = static_cast<int>(st.range(1));
@@ -218,7 +218,7 @@ void BM_Attention(benchmark::State& st) {
   st.counters["GFLOP"] = benchmark::Counter(
       keys * n_q * n_heads * hd * 4.0 * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_Attention)->Args({32, 1, 1})->Args({32, 1, 2})->Args({1, 128, 1})->Args({1, 128, 2})
+BENCHMARK(BM_Attention)->Args({32, 1, 1})->Args({32, 1, 2})->Args({1, 1, 1})->Args({1, 1, 2})->Args({1, 128, 1})->Args({1, 128, 2})
     ->ArgNames({"seqs", "queries", "threads"})->UseRealTime();
 
 void BM_Swiglu(benchmark::State& st) {

@@ -27,16 +27,16 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
                   std::atomic<uint32_t>::is_always_lock_free,
               "the futex calls below treat std::atomic<uint32_t> as a plain 32-bit word");
 
-// How long a waiting thread polls before it sleeps: at most longer than the gaps between the
-// kernels of one decode step (norms, rope, sampling: a few microseconds), short enough that an
-// idle pool leaves the cores alone. Each waiting thread adapts its own budget between the
-// bounds (wait_ended): halved after a wait longer than the longest spin, doubled after a shorter
-// one. On a machine shared with
-// other busy processes the thread being waited for is often not running, and a full-length spin
-// only keeps it off the core longer (SmolLM2 decode on 2 cores beside a busy server: 29 tok/s
-// with a fixed 50 us spin, 78 with the adaptive budget; alone, both ~135, and 60 without any
-// spin).
-constexpr int64_t kSpinMaxNs = 50'000;
+// How long a waiting thread polls before it sleeps: longer than the gaps inside one decode step
+// (norms, rope, a one-sequence attention on one thread: up to a couple of hundred
+// microseconds), short enough that an idle pool leaves the cores alone. Sleeping costs more
+// than the futex calls: on a virtual machine an idle vCPU halts, and waking it took up to
+// milliseconds. Each waiting thread adapts its own budget between the bounds (wait_ended):
+// halved after a wait longer than the longest spin, doubled after a shorter one. On a machine
+// shared with other busy processes a spinning thread only keeps the one it waits for off the
+// CPU; check_contention() turns the spins off there. (1.2B Q4_0 decode, 2 threads, quiet: 62-66
+// tok/s with a 50 us ceiling, 65-68 with 250 us.)
+constexpr int64_t kSpinMaxNs = 250'000;
 constexpr int64_t kSpinMinNs = 1'000;
 
 inline void cpu_relax() {

@@ -252,19 +252,23 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
         for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
           attention_item_scalar()(a_ref, {&seqs[static_cast<size_t>(s)], h, b,
                                           std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)});
-    for (int level = 1; level <= 2; ++level) {
-      if (level == 2 && detect_simd_level() < SimdLevel::kAvx512) continue;
-      std::vector<float> got(ref.size(), -2.0f);
-      const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
-      const AttnItemFn body = level == 2 ? attention_item_avx512() : attention_item_avx2();
-      for (int s = 0; s < n_seqs; ++s)  // every KV head at once
-        for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
-          body(a_got, {&seqs[static_cast<size_t>(s)], 0, b, std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)});
-      for (size_t i = 0; i < ref.size(); ++i)
-        ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
-            << (level == 2 ? "avx512" : "avx2") << " heads " << sh.n_heads << "/" << sh.n_kv << " dk "
-            << sh.dk << " window " << sh.window << " output " << i << ": " << ref[i] << " vs " << got[i];
-    }
+    for (int level = 1; level <= 2; ++level)
+      for (bool per_head : {false, true}) {  // every KV head in one item, or one item per KV head
+        if (level == 2 && detect_simd_level() < SimdLevel::kAvx512) continue;
+        std::vector<float> got(ref.size(), -2.0f);
+        const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
+        const AttnItemFn body = level == 2 ? attention_item_avx512() : attention_item_avx2();
+        for (int s = 0; s < n_seqs; ++s)
+          for (int h = 0; h < (per_head ? sh.n_kv : 1); ++h)
+            for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
+              body(a_got, {&seqs[static_cast<size_t>(s)], h, b, std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32),
+                           per_head ? h + 1 : 0});
+        for (size_t i = 0; i < ref.size(); ++i)
+          ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
+              << (level == 2 ? "avx512" : "avx2") << (per_head ? " per head" : "") << " heads " << sh.n_heads
+              << "/" << sh.n_kv << " dk " << sh.dk << " window " << sh.window << " output " << i << ": " << ref[i]
+              << " vs " << got[i];
+      }
   }
 }
 

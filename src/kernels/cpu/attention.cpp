@@ -105,13 +105,25 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
   const AttnItemFn fn = !simd ? attention_item_scalar()
                         : active_simd_level() >= SimdLevel::kAvx512 ? attention_item_avx512()
                                                                      : attention_item_avx2();
-  // The vector bodies take every KV head of a sequence in one item (they read whole cache rows).
-  const int heads_per_item = simd ? p.n_kv_heads : 1;
+  // The vector bodies take every KV head of a sequence in one item (a chunk of queries converts
+  // whole cache rows once). Decode steps read the cache in place, so when there are too few of
+  // them to keep the threads busy (one sequence: one item), each is split by KV heads.
+  int64_t n_chunks = 0;
+  for (int s = 0; s < n_seqs; ++s) n_chunks += (seqs[s].n_queries + kQueryChunk - 1) / kQueryChunk;
+  const int decode_parts =
+      simd && n_chunks < 2 * pool.size() && p.head_dim_k % 64 == 0
+          ? static_cast<int>(std::min<int64_t>(p.n_kv_heads, (2 * pool.size() + n_chunks - 1) / std::max<int64_t>(1, n_chunks)))
+          : 1;
   std::vector<AttnItem> items;
-  for (int s = 0; s < n_seqs; ++s)
-    for (int h = 0; h < p.n_kv_heads; h += heads_per_item)
+  for (int s = 0; s < n_seqs; ++s) {
+    const int parts = !simd ? p.n_kv_heads : seqs[s].n_queries == 1 ? decode_parts : 1;
+    for (int h = 0; h < parts; ++h) {
+      const int h0 = p.n_kv_heads * h / parts, h1 = p.n_kv_heads * (h + 1) / parts;
+      if (h0 == h1) continue;
       for (int32_t b = 0; b < seqs[s].n_queries; b += kQueryChunk)
-        items.push_back({&seqs[s], h, b, std::min(seqs[s].n_queries, b + kQueryChunk)});
+        items.push_back({&seqs[s], h0, b, std::min(seqs[s].n_queries, b + kQueryChunk), simd ? h1 : 0});
+    }
+  }
   // Items differ widely in cost (a decode step against a chunk of 32 prompt queries): the
   // costliest first, each thread taking the next one free.
   auto cost = [](const AttnItem& it) {

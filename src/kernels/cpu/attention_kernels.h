@@ -15,6 +15,7 @@ struct AttnItem {
   int kv_head = 0;
   int32_t q_begin = 0;  // queries q_begin .. q_end-1 of the sequence
   int32_t q_end = 0;
+  int kv_head_end = 0;  // vector bodies: KV heads kv_head .. kv_head_end-1 (0: kv_head .. the last)
 };
 
 struct AttnArgs {
@@ -33,8 +34,8 @@ using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 AttnItemFn attention_item_scalar();
-// Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers every KV
-// head of the sequence in one call (the item's kv_head is ignored).
+// Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers the KV
+// heads kv_head .. kv_head_end-1 of the sequence in one call (reading whole cache rows).
 AttnItemFn attention_item_avx2();
 // The same operations with AVX-512VL's 32 registers (same conditions, same bits).
 AttnItemFn attention_item_avx512();

@@ -319,7 +319,7 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
     const int nq = std::min<int>(per_pass, w.q_end - q0);
     const int32_t pass_lo = p.window > 0 ? std::max(0, sq.pos0 + q0 - p.window + 1) : 0;
     const int32_t pass_hi = sq.pos0 + q0 + nq - 1;
-    for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) {
+    for (int kvh = w.kv_head; kvh < (w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads); ++kvh) {
       const float** qrow = qrows.data();
       float** srow = srows.data();
       const float** prow = prows.data();
@@ -422,7 +422,7 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
 }
 
 
-// One work item covers every KV head of its sequence (AttnItem::kv_head is ignored). A chunk of
+// One work item covers a range of KV heads of its sequence (usually all of them). A chunk of
 // queries reads each key many times: its rows are converted to f32 once, whole. One query
 // (a decode step) reads each key once per pass: it reads the fp16 cache in place.
 void attend_simd(const AttnArgs& a, const AttnItem& w) {
