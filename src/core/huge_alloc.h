@@ -11,5 +11,7 @@ namespace fennec {
 // for huge pages (advice only). Free with std::free. Pages never written stay unbacked, so the
 // alignment costs address space, not memory. nullptr when out of memory.
 void* alloc_streamed(size_t bytes);
+// False when FENNEC_HUGE_PAGES=0 is set: alloc_streamed then aligns to 64 bytes only.
+bool huge_pages_wanted();
 
 }  // namespace fennec

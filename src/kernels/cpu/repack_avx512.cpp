@@ -28,6 +28,26 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// s + the vpdpbusd products of steps j0 .. j1-1 (w[j] with the activation bytes y + 4j). With
+// few tokens there are no other chains to overlap, so two run side by side and meet in one add:
+// integer sums, the same whatever the order.
+template <int T>
+inline __m512i dot_steps(__m512i s, const __m512i* w, const int8_t* y, int j0, int j1) {
+  if constexpr (T <= 2) {
+    __m512i s2 = _mm512_setzero_si512();
+    int j = j0;
+    for (; j + 2 <= j1; j += 2) {
+      s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+      s2 = _mm512_dpbusd_epi32(s2, w[j + 1], bcast4(y + 4 * j + 4));
+    }
+    if (j < j1) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+    return _mm512_add_epi32(s, s2);
+  } else {
+    for (int j = j0; j < j1; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+    return s;
+  }
+}
+
 // w + value in byte k of lane r where bit 4j+k of the lane's 32-bit plane word is set (step
 // j's columns 4j..4j+3): byte j/2 of the word, bit 4(j%2)+k, found by a byte shuffle and a test.
 inline __m512i add_plane(__m512i plane, int j, __m512i w, char value) {
@@ -100,16 +120,12 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
       const int32_t* sum = as + 2 * (t * a.nb + b);
       const __m512 da = _mm512_set1_ps(ad[t * a.nb + b]);
       if constexpr (L::kScales == 1) {
-        __m512i s = _mm512_set1_epi32(-L::kOffset * (sum[0] + sum[1]));
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+        const __m512i s = dot_steps<T>(_mm512_set1_epi32(-L::kOffset * (sum[0] + sum[1])), w, y, 0, 8);
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[0], da), acc[t]);
       } else {
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
-          __m512i s = _mm512_set1_epi32(-L::kOffset * sum[h]);
-#pragma GCC unroll 4
-          for (int j = 4 * h; j < 4 * h + 4; ++j) s = _mm512_dpbusd_epi32(s, w[j], bcast4(y + 4 * j));
+          const __m512i s = dot_steps<T>(_mm512_set1_epi32(-L::kOffset * sum[h]), w, y, 4 * h, 4 * h + 4);
           acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[h], da), acc[t]);
         }
       }
@@ -194,9 +210,7 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const int8_t* y = act[t][sb].qs + 32 * j;
-        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast4(y));
-#pragma GCC unroll 7
-        for (int k = 1; k < 8; ++k) s = _mm512_dpbusd_epi32(s, w[k], bcast4(y + 4 * k));
+        const __m512i s = dot_steps<T>(_mm512_setzero_si512(), w, y, 0, 8);
         isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s, sc));
       }
     }
@@ -259,9 +273,7 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           const int8_t* y = act[t][sb].qs + 16 * gi;
-          __m512i s = _mm512_set1_epi32(-32 * act[t][sb].bsums[gi]);
-#pragma GCC unroll 4
-          for (int k = 0; k < 4; ++k) s = _mm512_dpbusd_epi32(s, w[4 * h + k], bcast4(y + 4 * k));
+          const __m512i s = dot_steps<T>(_mm512_set1_epi32(-32 * act[t][sb].bsums[gi]), w + 4 * h, y, 0, 4);
           isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s, sc));
         }
       }
