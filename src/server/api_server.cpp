@@ -659,6 +659,18 @@ void ApiServer::Impl::finish_request(const std::shared_ptr<RequestState>& st) {
   const double ttft = st->first_token_seen ? seconds_between(st->t_arrival, st->t_first) : -1;
   bool aborted = false;
   for (const auto& c : st->choices) aborted |= c.finish == "abort";
+  // The request's metrics first: a client that reads /metrics once it has its answer must find
+  // the request counted there.
+  const json u = usage(*st);
+  if (metrics) {
+    if (u.contains("energy_joules")) {
+      metrics->energy_joules.labels({u["energy_source"].get<std::string>()}).inc(u["energy_joules"].get<double>());
+      metrics->cost_usd.inc(u["cost_usd"].get<double>());
+    }
+    metrics->e2e_request_latency.observe(total);
+    metrics->request_prompt_tokens.observe(u["prompt_tokens"].get<double>());
+    metrics->request_generation_tokens.observe(u["completion_tokens"].get<double>());
+  }
   int status = 200;
   if (st->stream) {
     if (st->failed) {
@@ -702,16 +714,6 @@ void ApiServer::Impl::finish_request(const std::shared_ptr<RequestState>& st) {
     send_json(st->resp, 200, body);
   } else {
     status = 499;  // the client went away
-  }
-  const json u = usage(*st);
-  if (metrics) {
-    if (u.contains("energy_joules")) {
-      metrics->energy_joules.labels({u["energy_source"].get<std::string>()}).inc(u["energy_joules"].get<double>());
-      metrics->cost_usd.inc(u["cost_usd"].get<double>());
-    }
-    metrics->e2e_request_latency.observe(total);
-    metrics->request_prompt_tokens.observe(u["prompt_tokens"].get<double>());
-    metrics->request_generation_tokens.observe(u["completion_tokens"].get<double>());
   }
   if (opts.log_requests) {
     std::fprintf(stderr, "fennec: %s %s status=%d prompt_tokens=%d completion_tokens=%d ttft=%.3fs total=%.3fs%s\n",
