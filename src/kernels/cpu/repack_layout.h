@@ -102,19 +102,38 @@ inline void prefetch_l2(const void* p) {
   __builtin_prefetch(p, 0, 1);
 #endif
 }
+// Where steps are small (the 32-column blocks, not the K-quants' super-blocks), the lines
+// kPrefetchNear ahead are also asked into L1: one core's Q4_0 stream went from 22.5-23.5 to
+// 25.0-25.1 GB/s and Q8_0's from 21.1-22.5 to 23.9 (bench/micro Stream/*); with the K-quants'
+// 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone.
+inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
+inline void prefetch_l1(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 0, 3);
+#endif
+}
 struct Prefetcher {
   uintptr_t lo = 0;  // where this call's stream starts, plus the distance (may lie past the buffer)
   uintptr_t end = 0;
   int64_t q16 = 0;  // bytes per step, times 2^16
+  bool near = false;
   Prefetcher(const uint8_t* begin, const uint8_t* stop, int64_t n_steps)
       : lo(reinterpret_cast<uintptr_t>(begin) + kPrefetchAhead),
         end(reinterpret_cast<uintptr_t>(stop)),
-        q16(n_steps > 0 ? ((stop - begin) << 16) / n_steps : 0) {}
+        q16(n_steps > 0 ? ((stop - begin) << 16) / n_steps : 0),
+        near(q16 <= (kNearMaxStep << 16)) {}
   // Step i of the call (0 <= i < n_steps).
   void step(int64_t i) const {
     const uintptr_t a = lo + static_cast<uintptr_t>((i * q16) >> 16);
-    const uintptr_t b = std::min(lo + static_cast<uintptr_t>(((i + 1) * q16) >> 16), end);
+    const uintptr_t bu = lo + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
+    const uintptr_t b = std::min(bu, end);
     for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_l2(reinterpret_cast<const void*>(p));
+    if (!near) return;
+    constexpr uintptr_t kBack = kPrefetchAhead - kPrefetchNear;
+    const uintptr_t b1 = std::min(bu - kBack, end);
+    for (uintptr_t p = (a - kBack + 63) & ~uintptr_t{63}; p < b1; p += 64) prefetch_l1(reinterpret_cast<const void*>(p));
   }
 };
 
