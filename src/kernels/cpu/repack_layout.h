@@ -94,25 +94,26 @@ inline float scale_value(uint16_t s) {
 // covers its group range [begin, end) as one stream: step i of n_steps prefetches the lines that
 // start in the i-th n_steps-th of [begin + ahead, end + ahead) clipped to end.
 inline constexpr int64_t kPrefetchAhead = 32768;
-// GCC deletes loops of __builtin_prefetch it finds free of side effects; asm volatile stays.
-inline void prefetch_l2(const void* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht2 %0" : : "m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 0, 1);
-#endif
-}
 // Where steps are small (the 32-column blocks, not the K-quants' super-blocks), the lines
-// kPrefetchNear ahead are also asked into L1: one core's Q4_0 stream went from 22.5-23.5 to
+// kPrefetchNear ahead are also asked into L1 (by then the L2 stream has brought them in, so an
+// L1 miss buffer is held only briefly): one core's Q4_0 stream went from 22.5-23.5 to
 // 25.0-25.1 GB/s and Q8_0's from 21.1-22.5 to 23.9 (bench/micro Stream/*); with the K-quants'
 // 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone.
 inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
-inline void prefetch_l1(const void* p) {
+// Prefetches [a, b) line by line into L1 (kL1) or L2. GCC deletes loops of __builtin_prefetch it
+// finds free of side effects; asm volatile stays.
+template <bool kL1>
+inline void prefetch_lines(uintptr_t a, uintptr_t b) {
+  for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) {
 #if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+    if constexpr (kL1)
+      asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+    else
+      asm volatile("prefetcht2 %0" : : "m"(*reinterpret_cast<const char*>(p)));
 #else
-  __builtin_prefetch(p, 0, 3);
+    __builtin_prefetch(reinterpret_cast<const void*>(p), 0, kL1 ? 3 : 1);
 #endif
+  }
 }
 struct Prefetcher {
   uintptr_t lo = 0;  // where this call's stream starts, plus the distance (may lie past the buffer)
@@ -129,11 +130,11 @@ struct Prefetcher {
     const uintptr_t a = lo + static_cast<uintptr_t>((i * q16) >> 16);
     const uintptr_t bu = lo + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
     const uintptr_t b = std::min(bu, end);
-    for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_l2(reinterpret_cast<const void*>(p));
+    prefetch_lines<false>(a, b);
     if (!near) return;
     constexpr uintptr_t kBack = kPrefetchAhead - kPrefetchNear;
     const uintptr_t b1 = std::min(bu - kBack, end);
-    for (uintptr_t p = (a - kBack + 63) & ~uintptr_t{63}; p < b1; p += 64) prefetch_l1(reinterpret_cast<const void*>(p));
+    prefetch_lines<true>(a - kBack, b1);
   }
 };
 
