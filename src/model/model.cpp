@@ -343,8 +343,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
       const auto& sq = batch.seqs[s];
       for (int32_t i = 0; i < sq.n_tokens; ++i) {
         const int32_t pos = sq.pos0 + i;
-        const int64_t slot = static_cast<int64_t>(sq.block_table[static_cast<size_t>(pos / ks.block_size)]) *
-                                 ks.block_size + pos % ks.block_size;
+        const int64_t slot = kernels::cache_slot(sq.block_table.data(), ks.block_size, pos);
         const int64_t r = aseq[s].row + i;
         vo.f32_to_fp16(k.data() + r * k_dim, kc + slot * k_dim, k_dim);
         vo.f32_to_fp16(v.data() + r * v_dim, vc + slot * v_dim, v_dim);

@@ -53,8 +53,7 @@ void attend_scalar(const AttnArgs& a, const AttnItem& w) {
   // This head's keys, and its values transposed (dimension-major, absolute key position).
   for (int32_t j = 0; j < n_keys; ++j) {
     const int32_t kp = k_lo + j;
-    const int64_t slot =
-        static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+    const int64_t slot = cache_slot(sq.block_table, p.block_size, kp);
     vo.fp16_to_f32(a.k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
                    keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
     vo.fp16_to_f32(a.v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v,
@@ -106,17 +105,17 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
                         : active_simd_level() >= SimdLevel::kAvx512 ? attention_item_avx512()
                                                                      : attention_item_avx2();
   // The vector bodies take every KV head of a sequence in one item (a chunk of queries converts
-  // whole cache rows once). Decode steps read the cache in place, so when there are too few of
-  // them to keep the threads busy (one sequence: one item), each is split by KV heads.
+  // whole cache rows once). Decode steps read the cache in place, so when there are too few
+  // items to keep the threads busy (one sequence: one item), each of those is split by KV heads.
   int64_t n_chunks = 0;
   for (int s = 0; s < n_seqs; ++s) n_chunks += (seqs[s].n_queries + kQueryChunk - 1) / kQueryChunk;
   const int decode_parts =
-      simd && n_chunks < 2 * pool.size() && p.head_dim_k % 64 == 0
+      simd && n_chunks < 2 * pool.size()
           ? static_cast<int>(std::min<int64_t>(p.n_kv_heads, (2 * pool.size() + n_chunks - 1) / std::max<int64_t>(1, n_chunks)))
           : 1;
   std::vector<AttnItem> items;
   for (int s = 0; s < n_seqs; ++s) {
-    const int parts = !simd ? p.n_kv_heads : seqs[s].n_queries == 1 ? decode_parts : 1;
+    const int parts = !simd ? p.n_kv_heads : reads_cache_in_place(p, seqs[s]) ? decode_parts : 1;
     for (int h = 0; h < parts; ++h) {
       const int h0 = p.n_kv_heads * h / parts, h1 = p.n_kv_heads * (h + 1) / parts;
       if (h0 == h1) continue;

@@ -8,6 +8,11 @@
 
 namespace fennec::kernels {
 
+// The cache row (block * block_size + slot) of key position pos.
+inline int64_t cache_slot(const int32_t* block_table, int block_size, int32_t pos) {
+  return static_cast<int64_t>(block_table[pos / block_size]) * block_size + pos % block_size;
+}
+
 struct AttnSequence {
   int64_t row = 0;                   // first row of this sequence's queries in q / out
   int32_t n_queries = 0;             // new tokens; their positions are pos0 .. pos0+n_queries-1

@@ -1,5 +1,5 @@
 // The per-ISA body of paged_attention (attention.h): one work item is one sequence, one KV head
-// and a run of that sequence's queries. attention.cpp holds the driver and the portable body;
+// (a range of KV heads for the vector bodies) and a run of that sequence's queries. attention.cpp holds the driver and the portable body;
 // attention_simd_impl.h the vector one (AVX2 and AVX-512VL), which gives the same bits
 // (kernel_test compares them).
 #pragma once
@@ -32,6 +32,13 @@ using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
 
 // v rounded up to a multiple of m (the padded lengths both bodies share).
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Whether the vector bodies read this sequence's keys and values in the fp16 cache in place
+// (one query: a decode step, with ggml's 64-lane dot order) instead of converting them to f32
+// first; paged_attention splits such steps by KV heads when they are too few to share out.
+inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
+  return s.n_queries == 1 && p.head_dim_k % 64 == 0;
+}
 
 AttnItemFn attention_item_scalar();
 // Needs head_dim_k % 16 == 0 and head_dim_v % 8 == 0 (paged_attention checks). Covers the KV

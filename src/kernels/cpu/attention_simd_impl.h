@@ -3,7 +3,8 @@
 // two query heads keep their rows in registers while they share each key). It performs the
 // float operations of attend_scalar (attention.cpp), per output in the same order, arranged
 // for throughput:
-// - keys and values are converted from fp16 once per work item, inline (no call per row);
+// - a chunk of queries converts its keys and values from fp16 once per work item, inline (no
+//   call per row); one query (a decode step) reads them in the fp16 cache in place;
 // - q.k: each key's dot keeps its lane-wise chains (ggml_vec_dot_f16's four 16-lane
 //   accumulators, or the tinyBLAS chain of two 8-lane halves), and the final horizontal sum
 //   of eight keys is done at once by transposing shuffles that add the same pairs in the same
@@ -272,7 +273,7 @@ void gather_rows(const uint16_t* cache, int64_t width, const AttnSequence& sq, i
     const int32_t kp = k_lo + j;
     const int32_t run = std::min(n - j, block_size - kp % block_size);  // slots left in the block
     const uint16_t* src =
-        cache + (static_cast<int64_t>(sq.block_table[kp / block_size]) * block_size + kp % block_size) * width;
+        cache + cache_slot(sq.block_table, block_size, kp) * width;
     float* d = dst + static_cast<int64_t>(j) * width;
     const int64_t count = run * width;
     for (int64_t e = 0; e < count; e += 8) _mm256_storeu_ps(d + e, load_h8(src + e));
@@ -434,16 +435,16 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
   const int32_t last_pos = sq.pos0 + w.q_end - 1;
   const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
   const int32_t n_keys = last_pos + 1 - k_lo;
-  if (sq.n_queries == 1 && dk % 64 == 0) {
+  if (reads_cache_in_place(p, sq)) {
     // Row pointers per position, and 8 more (the 8-key steps' overhang) at a row of zeros.
     thread_local std::vector<const uint16_t*> krows, vrows;
     thread_local std::vector<uint16_t> zeros;
-    zeros.assign(static_cast<size_t>(kw), 0);
+    zeros.resize(static_cast<size_t>(kw));  // never written: new elements are zeros
     krows.resize(static_cast<size_t>(n_keys + 8));
     vrows.resize(static_cast<size_t>(n_keys));
     for (int32_t j = 0; j < n_keys; ++j) {
       const int32_t kp = k_lo + j;
-      const int64_t slot = static_cast<int64_t>(sq.block_table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+      const int64_t slot = cache_slot(sq.block_table, p.block_size, kp);
       krows[static_cast<size_t>(j)] = a.k_cache + slot * kw;
       vrows[static_cast<size_t>(j)] = a.v_cache + slot * vw;
     }
