@@ -120,12 +120,12 @@ struct StreamSet {
     const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
     const auto rb = static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(kCols)));
     const auto one = random_weights(t, kRows, kCols);
-    for (int64_t m = 0; m < kMats; ++m) {
-      originals.push_back(one);  // packing reads them once; the products read the packed copies
-      views.push_back(k::WeightView{t, originals.back().data(), kRows, kCols, rb});
-      packed.pack(views.back(), pool(2));
-      bytes += views.back().packed ? k::packed_bytes(t, kRows, kCols) : kRows * rb;
-    }
+    originals.assign(kMats, one);  // packing reads them once; the products read the packed copies
+    std::vector<k::WeightView*> order;
+    for (int64_t m = 0; m < kMats; ++m) views.push_back(k::WeightView{t, originals[static_cast<size_t>(m)].data(), kRows, kCols, rb});
+    for (auto& v : views) order.push_back(&v);
+    packed.pack_all(order, pool(2));  // one buffer in reading order, as a model's (Model::pack_weights)
+    for (const auto& v : views) bytes += v.packed ? k::packed_bytes(t, kRows, kCols) : kRows * rb;
     originals.clear();  // the packed copies are all that is read
     for (auto& v : views)
       if (!v.packed) v.data = nullptr;

@@ -179,21 +179,22 @@ Expected<Weights> load_decoder_weights(const Loader& l, const HParams& hp) {
 }
 
 int64_t Model::pack_weights(ThreadPool& pool) {
-  const bool mapped = gguf_->file()->mapped();
-  auto pack = [&](WeightView& v, const std::string& name) {
-    packed_.pack(v, pool, mapped);
-    if (v.packed)
-      packed_regions_.push_back({name + " (packed)", v.packed, static_cast<size_t>(kernels::packed_bytes(v.type, v.rows, v.cols))});
-  };
+  // In the order a decode step reads them, into one buffer (PackedWeights::pack_all).
+  std::vector<std::pair<WeightView*, std::string>> mats;
   for (size_t i = 0; i < w_.layers.size(); ++i) {
     LayerWeights& l = w_.layers[i];
     const std::string p = "blk." + std::to_string(i) + ".";
-    const std::pair<WeightView*, const char*> mats[] = {
-        {&l.wq, "attn_q"},   {&l.wk, "attn_k"},   {&l.wv, "attn_v"},    {&l.wo, "attn_output"},
-        {&l.w_gate, "ffn_gate"}, {&l.w_up, "ffn_up"}, {&l.w_down, "ffn_down"}};
-    for (auto [v, n] : mats) pack(*v, p + n + ".weight");
+    for (auto [v, n] : {std::pair<WeightView*, const char*>{&l.wq, "attn_q"}, {&l.wk, "attn_k"}, {&l.wv, "attn_v"},
+                        {&l.wo, "attn_output"}, {&l.w_gate, "ffn_gate"}, {&l.w_up, "ffn_up"}, {&l.w_down, "ffn_down"}})
+      mats.emplace_back(v, p + n + ".weight");
   }
-  pack(w_.output, w_.output.data == w_.token_embd.data ? "token_embd.weight" : "output.weight");
+  mats.emplace_back(&w_.output, w_.output.data == w_.token_embd.data ? "token_embd.weight" : "output.weight");
+  std::vector<WeightView*> views;
+  for (auto& m : mats) views.push_back(m.first);
+  packed_.pack_all(views, pool, gguf_->file()->mapped());
+  for (auto& [v, name] : mats)
+    if (v->packed)
+      packed_regions_.push_back({name + " (packed)", v->packed, static_cast<size_t>(kernels::packed_bytes(v->type, v->rows, v->cols))});
   return packed_.bytes();
 }
 

@@ -228,6 +228,58 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   }
 }
 
+// pack_all: the packable matrices one after another in the order given, in one buffer whose end
+// each one's packed_run_end names; a matrix listed twice is packed once, one that cannot be
+// packed is left alone. The products (whose last-group calls now prefetch on into the next
+// matrix) give the bits of separately packed copies, alone and as one matmul_group pass.
+TEST_P(RepackKernelTest, PackAllLaysMatricesOutInReadingOrder) {
+  const GgmlType t = GetParam();
+  const int64_t cols = 512, n_tokens = 3;
+  const int64_t rows[] = {50, 16, 33};
+  std::vector<std::vector<uint8_t>> ms;
+  std::vector<WeightView> ws, single;
+  for (int i = 0; i < 3; ++i) ms.push_back(random_rows(t, rows[i], cols, 20 + static_cast<uint32_t>(i)));
+  for (int i = 0; i < 3; ++i) ws.push_back(WeightView{t, ms[static_cast<size_t>(i)].data(), rows[i], cols, row_bytes(t, cols)});
+  single = ws;
+  std::vector<float> f32(static_cast<size_t>(8 * cols), 0.5f);
+  WeightView plain{GgmlType::F32, reinterpret_cast<const uint8_t*>(f32.data()), 8, cols, cols * 4};
+  ThreadPool pool(2);
+  PackedWeights store, apart;
+  std::vector<WeightView*> order{&ws[0], &plain, &ws[1], &ws[0], &ws[2]};
+  store.pack_all(order, pool);
+  if (!repack_enabled()) GTEST_SKIP() << "FENNEC_REPACK=0";
+  EXPECT_EQ(plain.packed, nullptr);
+  int64_t total = 0;
+  for (int i = 0; i < 3; ++i) total += packed_bytes(t, rows[i], cols);
+  EXPECT_EQ(store.bytes(), total);
+  ASSERT_NE(ws[0].packed, nullptr);
+  EXPECT_EQ(ws[1].packed, ws[0].packed + packed_bytes(t, rows[0], cols));
+  EXPECT_EQ(ws[2].packed, ws[1].packed + packed_bytes(t, rows[1], cols));
+  for (const auto& w : ws) EXPECT_EQ(w.packed_run_end, ws[0].packed + total);
+  for (auto& w : single) apart.pack(w, pool);
+  for (const auto& w : single) EXPECT_EQ(w.packed_run_end, w.packed + packed_bytes(t, w.rows, cols));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(n_tokens * cols));
+  for (auto& v : x) v = nd(rng);
+  std::vector<std::vector<float>> ya(3), yb(3), yc(3);
+  std::vector<MatmulJob> jobs;
+  for (size_t i = 0; i < 3; ++i) {
+    ya[i].resize(static_cast<size_t>(n_tokens * rows[i]));
+    yb[i] = ya[i];
+    yc[i] = ya[i];
+    matmul(ws[i], x.data(), n_tokens, ya[i].data(), pool);
+    matmul(single[i], x.data(), n_tokens, yb[i].data(), pool);
+    jobs.push_back({&ws[i], yc[i].data(), 0});
+  }
+  matmul_group(jobs, x.data(), n_tokens, pool);
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t k = 0; k < ya[i].size(); ++k) {
+      ASSERT_EQ(f32_to_bits(ya[i][k]), f32_to_bits(yb[i][k])) << i << " " << k;
+      ASSERT_EQ(f32_to_bits(yc[i][k]), f32_to_bits(yb[i][k])) << i << " " << k;
+    }
+}
+
 // Packs m (rows x cols of K-quant type t) and runs every path's product on random Q8_K
 // activations for several token counts; each output must equal expected(row, activation
 // blocks) bit for bit.

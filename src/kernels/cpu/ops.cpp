@@ -160,7 +160,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
       pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
       const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;  // Q8_K: no side data
       pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, k ? nullptr : sd, k ? nullptr : ss,
-                  n_tokens,      jobs[i].y,  args[i].ldy,   w.rows};
+                  n_tokens,      jobs[i].y,  args[i].ldy,   w.rows,   w.packed_run_end};
     }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;
   }

@@ -21,6 +21,9 @@ struct WeightView {
   int64_t cols = 0;
   int64_t row_bytes = 0;
   const uint8_t* packed = nullptr;
+  // With packed: the end of the packed matrices that follow this one in memory, in the order the
+  // products read them (PackedWeights::pack_all); nullptr: none follow.
+  const uint8_t* packed_run_end = nullptr;
   float out_scale = 1.0f;  // products are multiplied by it (a per-tensor scale "<name>.scale", NVFP4)
 };
 

@@ -389,28 +389,52 @@ std::atomic<bool>& repack_flag() {
 bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }
 
-void PackedWeights::pack(WeightView& w, ThreadPool& pool, bool release_mapped) {
-  if (!repack_enabled() || !can_pack(w.type) || w.packed) return;
+namespace {
+bool packable(const WeightView& w) {
+  if (!can_pack(w.type) || w.packed) return false;
   const int64_t per_block = w.type == GgmlType::NVFP4                                ? quant::kQKNvfp4
                             : w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K ? quant::kQKK
                                                                                    : quant::kQK;
-  if (w.cols % per_block != 0) return;
-  const int64_t bytes = packed_bytes(w.type, w.rows, w.cols);
+  return w.cols % per_block == 0;
+}
+}  // namespace
+
+void PackedWeights::pack(WeightView& w, ThreadPool& pool, bool release_mapped) {
+  WeightView* one[] = {&w};
+  pack_all(one, pool, release_mapped);
+}
+
+void PackedWeights::pack_all(std::span<WeightView* const> ws, ThreadPool& pool, bool release_mapped) {
+  if (!repack_enabled()) return;
+  std::vector<WeightView*> todo;
+  int64_t total = 0;
+  for (WeightView* w : ws)
+    if (packable(*w) && std::find(todo.begin(), todo.end(), w) == todo.end()) {
+      todo.push_back(w);
+      total += packed_bytes(w->type, w->rows, w->cols);  // a multiple of 64: each matrix stays aligned
+    }
+  if (total == 0) return;
   // On huge pages where the kernel gives them: a decode step streams every packed byte once.
-  auto* p = static_cast<uint8_t*>(alloc_streamed(static_cast<size_t>(bytes)));
-  if (!p) return;  // keep the unpacked path
-  const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
-  pool.parallel_for(groups, [&](int64_t g0, int64_t g1) { pack_groups(w, p, g0, g1); });
-  bufs_.emplace_back(p);
-  bytes_ += bytes;
-  w.packed = p;
-  if (!release_mapped) return;
-  // The products no longer read the mapped original: give its pages back (they stay in the page
-  // cache; get_rows of a tied embedding faults in the few rows it reads).
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(w.data) + page - 1) / page * page;
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(w.data) + static_cast<uintptr_t>(w.rows * w.row_bytes)) / page * page;
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  auto* base = static_cast<uint8_t*>(alloc_streamed(static_cast<size_t>(total)));
+  if (!base) return;  // keep the unpacked paths
+  bufs_.emplace_back(base);
+  bytes_ += total;
+  uint8_t* p = base;
+  for (WeightView* w : todo) {
+    const int64_t groups = (w->rows + kPackRows - 1) / kPackRows;
+    pool.parallel_for(groups, [&](int64_t g0, int64_t g1) { pack_groups(*w, p, g0, g1); });
+    w->packed = p;
+    w->packed_run_end = base + total;
+    p += packed_bytes(w->type, w->rows, w->cols);
+    if (!release_mapped) continue;
+    // The products no longer read the mapped original: give its pages back (they stay in the page
+    // cache; get_rows of a tied embedding faults in the few rows it reads).
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(w->data) + page - 1) / page * page;
+    const uintptr_t hi =
+        (reinterpret_cast<uintptr_t>(w->data) + static_cast<uintptr_t>(w->rows * w->row_bytes)) / page * page;
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  }
 }
 
 }  // namespace fennec::kernels

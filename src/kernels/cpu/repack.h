@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -57,6 +58,9 @@ struct PackedGemmArgs {
   float* y = nullptr;
   int64_t ldy = 0;
   int64_t rows = 0;
+  // Where the packed matrices read after this one end, when they follow it in memory
+  // (WeightView::packed_run_end): the call that ends at the last group prefetches on into them.
+  const uint8_t* run_on_end = nullptr;
 };
 // Computes the outputs of row groups [g0, g1) for every token.
 using PackedGemmFn = void (*)(const PackedGemmArgs& a, int64_t g0, int64_t g1);
@@ -81,6 +85,11 @@ class PackedWeights {
   // they stay in the page cache and are read again if touched), so resident memory holds one
   // copy; never for memory that is not a file map, whose contents DONTNEED would discard.
   void pack(WeightView& w, ThreadPool& pool, bool release_mapped = false);
+  // Packs those of ws that can be packed into one buffer, one after another in the order given,
+  // which should be the order the products read them (a model's decode step): each one's
+  // packed_run_end is the buffer's end, so a product's prefetch runs on from one matrix into the
+  // next, and matrices smaller than a huge page share huge pages. Otherwise as pack() of each.
+  void pack_all(std::span<WeightView* const> ws, ThreadPool& pool, bool release_mapped = false);
   int64_t bytes() const { return bytes_; }
 
  private:

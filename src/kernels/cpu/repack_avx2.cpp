@@ -134,7 +134,7 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
 template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const int64_t gbytes = packed::group_stride<L>(a.nb);
-  const packed::Prefetcher pf(a.w + g0 * gbytes, a.w + g1 * gbytes, (g1 - g0) * a.nb);
+  const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
@@ -295,7 +295,7 @@ void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_
 
 template <class K>
 void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  const packed::Prefetcher pf(a.w + g0 * a.nb * K::kBytes, a.w + g1 * a.nb * K::kBytes, (g1 - g0) * a.nb);
+  const auto pf = packed::Prefetcher::of_call(a, a.nb * K::kBytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * a.nb * K::kBytes;
     const int64_t row0 = g * kPackRows;

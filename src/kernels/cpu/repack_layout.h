@@ -115,16 +115,26 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
 #endif
   }
 }
+// A call that ends at its matrix's last group may prefetch on past it, up to limit: the packed
+// matrices that the next products read (PackedWeights::pack_all lays them out in that order), so
+// that their first kPrefetchAhead bytes are not left to demand misses. A call ending inside the
+// matrix stops at its own end: the bytes after it are another thread's.
 struct Prefetcher {
   uintptr_t lo = 0;  // where this call's stream starts, plus the distance (may lie past the buffer)
   uintptr_t end = 0;
   int64_t q16 = 0;  // bytes per step, times 2^16
   bool near = false;
-  Prefetcher(const uint8_t* begin, const uint8_t* stop, int64_t n_steps)
+  Prefetcher(const uint8_t* begin, const uint8_t* stop, const uint8_t* limit, int64_t n_steps)
       : lo(reinterpret_cast<uintptr_t>(begin) + kPrefetchAhead),
-        end(reinterpret_cast<uintptr_t>(stop)),
+        end(reinterpret_cast<uintptr_t>(std::max(stop, limit))),
         q16(n_steps > 0 ? ((stop - begin) << 16) / n_steps : 0),
         near(q16 <= (kNearMaxStep << 16)) {}
+  // The prefetcher of groups [g0, g1) of a's matrix, group_bytes each, nb steps per group.
+  static Prefetcher of_call(const PackedGemmArgs& a, int64_t group_bytes, int64_t g0, int64_t g1) {
+    const uint8_t* stop = a.w + g1 * group_bytes;
+    const bool last = g1 * kPackRows >= a.rows && a.run_on_end != nullptr;
+    return Prefetcher(a.w + g0 * group_bytes, stop, last ? a.run_on_end : stop, (g1 - g0) * a.nb);
+  }
   // Step i of the call (0 <= i < n_steps).
   void step(int64_t i) const {
     const uintptr_t a = lo + static_cast<uintptr_t>((i * q16) >> 16);
