@@ -65,12 +65,11 @@ class AbftRecompute : public ::testing::Test {
     });
     ASSERT_TRUE(st) << st.error().message;
     // SmolLM2's output product reads the packed Q8_0 copy of the tied embedding. Its first 16-row
-    // group: 18 blocks of quants, then the fp16 scales [block][row]; the high byte of row 0's
-    // first scale, bit 6 = the exponent's top bit: that block's products grow by 2^16.
+    // group of 18 blocks (repack_layout.h): the high byte of row 0's fp16 scale in block 0, bit
+    // 6 = the exponent's top bit: that block's products grow by 2^16.
     const auto& copy = lm->model().packed_regions().front();
     ASSERT_EQ(copy.name, "token_embd.weight (packed)");
-    scale_hi = const_cast<uint8_t*>(copy.data) +
-               18 * kernels::packed::block_bytes<kernels::packed::Q8_0>() + 1;
+    scale_hi = const_cast<uint8_t*>(copy.data) + kernels::packed::block_at<kernels::packed::Q8_0>(18, 0).scales + 1;
   }
   Result run(model::MatmulObserver* observer, AbftObserver* abft, engine::SchedulerStats* stats) {
     engine::SchedulerOptions so;

@@ -96,19 +96,20 @@ void pack_type(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     uint8_t* grp = dst + g * gbytes;
     std::memset(grp, 0, static_cast<size_t>(gbytes));
-    auto* sc = reinterpret_cast<uint16_t*>(grp + nb * packed::block_bytes<L>());
     for (int r = 0; r < kPackRows; ++r) {
       const int64_t row = g * kPackRows + r;
       if (row >= w.rows) continue;  // missing rows: zero quants and zero scales
       for (int64_t b = 0; b < nb; ++b) {
         const RowBlock rb = read_block(w.type, w.data + row * w.row_bytes, b);
-        uint8_t* q = grp + b * packed::block_bytes<L>() + 4 * r;
+        const packed::BlockAt at = packed::block_at<L>(nb, b);
+        uint8_t* q = grp + at.quants + 4 * r;
+        auto* sc = reinterpret_cast<uint16_t*>(grp + at.scales);
         for (int j = 0; j < L::kChunks; ++j)
           for (int k = 0; k < 4; ++k)
             q[64 * j + k] = L::kChunks == 8 ? rb.u[4 * j + k]
                                             : static_cast<uint8_t>(rb.u[4 * j + k] | rb.u[16 + 4 * j + k] << 4);
         if constexpr (L::kQh) std::memcpy(q + 64 * L::kChunks, &rb.qh, 4);
-        for (int s = 0; s < L::kScales; ++s) sc[(b * L::kScales + s) * kPackRows + r] = rb.scale[s];
+        for (int s = 0; s < L::kScales; ++s) sc[s * kPackRows + r] = rb.scale[s];
       }
     }
   }
@@ -269,18 +270,19 @@ void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kCols = 32 / L::kScales;  // columns per scale
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
     for (int64_t t = 0; t < a.n_tokens; ++t) {
       const auto* act = reinterpret_cast<const quant::BlockQ8_0*>(a.act + t * a.act_stride);
       for (int r = 0; r < nr; ++r) {
         float acc = 0.0f;
         for (int64_t b = 0; b < a.nb; ++b) {
-          const uint8_t* q = grp + b * packed::block_bytes<L>();
+          const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+          const uint8_t* q = grp + at.quants;
+          const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
           for (int s = 0; s < L::kScales; ++s) {
             int32_t isum = 0;
             for (int c = kCols * s; c < kCols * (s + 1); ++c) isum += weight<L>(q, r, c) * act[b].qs[c];
-            const float dd = packed::scale_value<L>(sc[(b * L::kScales + s) * kPackRows + r]) * a.act_d[t * a.nb + b];
+            const float dd = packed::scale_value<L>(sc[s * kPackRows + r]) * a.act_d[t * a.nb + b];
             acc = std::fma(static_cast<float>(isum), dd, acc);
           }
         }

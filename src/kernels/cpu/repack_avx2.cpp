@@ -65,7 +65,7 @@ inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
 
 // Outputs of rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8].
 template <class L, int T>
-void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int h, int64_t t0, float* out,
+void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
                const packed::Prefetcher* pf, int64_t step0) {
   __m256 acc[T];
   const BlockQ8_0* act[T];
@@ -79,10 +79,12 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, 
   for (int64_t b = 0; b < a.nb; ++b) {
     if (pf) pf->step(step0 + b);
     __m256i w[8];
-    unpack<L>(grp + b * packed::block_bytes<L>(), h, w);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    unpack<L>(grp + at.quants, h, w);
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
     __m256 dw[L::kScales];
     for (int s = 0; s < L::kScales; ++s) {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + (b * L::kScales + s) * kPackRows + 8 * h));
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + s * kPackRows + 8 * h));
       if constexpr (L::kBf16Scale)
         dw[s] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
       else
@@ -120,11 +122,11 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, 
 }
 
 template <class L, int T>
-void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0, int64_t nr,
+void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
           const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  half_tile<L, T>(a, grp, sc, 0, t0, &out[0][0][0], pf, step0);
-  if (nr > 8) half_tile<L, T>(a, grp, sc, 1, t0, &out[1][0][0], nullptr, 0);
+  half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
+  if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
@@ -137,13 +139,12 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const int64_t step0 = (g - g0) * a.nb;  // the first token tile prefetches
     int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, sc, t, row0, nr, t == 0 ? &pf : nullptr, step0);
-    if (t < a.n_tokens) tile<L, 1>(a, grp, sc, t, row0, nr, t == 0 ? &pf : nullptr, step0);
+    for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
+    if (t < a.n_tokens) tile<L, 1>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
 }
 

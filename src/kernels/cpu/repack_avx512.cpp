@@ -90,7 +90,7 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
 }
 
 template <class L, int T>
-void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64_t t0, int64_t row0,
+void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
           __mmask16 mask, const packed::Prefetcher* pf, int64_t step0) {
   __m512 acc[T];
   const BlockQ8_0* act[T];
@@ -104,11 +104,13 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, const uint16_t* sc, int64
   for (int64_t b = 0; b < a.nb; ++b) {
     __m512i w[8];
     if (pf) pf->step(step0 + b);
-    unpack<L>(grp + b * packed::block_bytes<L>(), w);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    unpack<L>(grp + at.quants, w);
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
     __m512 dw[L::kScales];
 #pragma GCC unroll 2
     for (int s = 0; s < L::kScales; ++s) {
-      const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + (b * L::kScales + s) * kPackRows));
+      const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + s * kPackRows));
       if constexpr (L::kBf16Scale)
         dw[s] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
       else
@@ -142,23 +144,22 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + a.nb * packed::block_bytes<L>());
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
     // The first token tile over this group prefetches (the one pass when there are few tokens).
     const int64_t step0 = (g - g0) * a.nb;
     int64_t t = 0;
-    for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, sc, t, row0, mask, t == 0 ? &pf : nullptr, step0);
+    for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
     const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
     switch (a.n_tokens - t) {
-      case 7: tile<L, 7>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 6: tile<L, 6>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 5: tile<L, 5>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 4: tile<L, 4>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 3: tile<L, 3>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 2: tile<L, 2>(a, grp, sc, t, row0, mask, p, step0); break;
-      case 1: tile<L, 1>(a, grp, sc, t, row0, mask, p, step0); break;
+      case 7: tile<L, 7>(a, grp, t, row0, mask, p, step0); break;
+      case 6: tile<L, 6>(a, grp, t, row0, mask, p, step0); break;
+      case 5: tile<L, 5>(a, grp, t, row0, mask, p, step0); break;
+      case 4: tile<L, 4>(a, grp, t, row0, mask, p, step0); break;
+      case 3: tile<L, 3>(a, grp, t, row0, mask, p, step0); break;
+      case 2: tile<L, 2>(a, grp, t, row0, mask, p, step0); break;
+      case 1: tile<L, 1>(a, grp, t, row0, mask, p, step0); break;
       default: break;
     }
   }
