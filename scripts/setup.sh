@@ -7,7 +7,7 @@ cd "$root"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 pkgs="build-essential cmake ninja-build pkg-config python3-venv libgtest-dev libbenchmark-dev \
-nlohmann-json3-dev libpcre2-dev libcli11-dev libboost-dev"
+nlohmann-json3-dev libpcre2-dev libcli11-dev libboost-dev qemu-user"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
