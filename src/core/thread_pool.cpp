@@ -36,7 +36,7 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
 // shared with other busy processes a spinning thread only keeps the one it waits for off the
 // CPU; check_contention() turns the spins off there. (1.2B Q4_0 decode, 2 threads, quiet: 62-66
 // tok/s with a 50 us ceiling, 65-68 with 250 us.)
-constexpr int64_t kSpinMaxNs = 250'000;
+constexpr int64_t kSpinMaxNs = ThreadPool::kSpinMaxNs;
 constexpr int64_t kSpinMinNs = 1'000;
 
 inline void cpu_relax() {

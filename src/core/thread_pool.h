@@ -26,6 +26,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+  // The longest a waiting thread polls before it sleeps (why: thread_pool.cpp); every thread's
+  // spin budget starts there and adapts below it.
+  static constexpr int64_t kSpinMaxNs = 250'000;
   // True while the last check found the pool's threads waiting for CPUs held by other work (then
   // every wait sleeps at once instead of spinning; see thread_pool.cpp).
   bool contended() const { return contended_.load(std::memory_order_relaxed); }
@@ -50,7 +53,7 @@ class ThreadPool {
   alignas(64) std::atomic<uint32_t> pending_{0};     // workers still running the current job
   alignas(64) std::atomic<uint32_t> sleepers_{0};    // workers asleep (or about to) on generation_
   std::atomic<uint32_t> caller_sleeping_{0};         // the caller asleep (or about to) on pending_
-  int64_t caller_spin_ns_ = 50'000;                  // the caller's spin budget (see the .cpp)
+  int64_t caller_spin_ns_ = kSpinMaxNs;              // the caller's spin budget (see the .cpp)
   // Oversubscription watch (see the .cpp): each thread's /proc schedstat file (slot 0: the
   // calling thread's, reopened when another thread calls), the run-queue delay summed over them
   // at the last check, and its time.

@@ -47,6 +47,11 @@ size_t scrub_bytes_per_read(size_t total_bytes, double interval_s, double pass_s
   return std::max(min_bytes, (need + kMiB - 1) / kMiB * kMiB);
 }
 
+double WeightScrubber::pass_s(double interval_s) const {
+  const size_t reads = std::max<size_t>(1, (total_ + bytes_per_read_ - 1) / bytes_per_read_);
+  return static_cast<double>(reads) * interval_s;
+}
+
 WeightScrubber::WeightScrubber(std::vector<ScrubRegion> regions, size_t bytes_per_read,
                                size_t chunk_bytes)
     : regions_(std::move(regions)), bytes_per_read_(std::max<size_t>(1, bytes_per_read)) {
@@ -118,37 +123,23 @@ std::vector<Sample> WeightScrubber::read() {
   return {m, p};
 }
 
-ScrubThread::ScrubThread(WeightScrubber& scrubber, double interval_s)
-    : scrubber_(scrubber), interval_s_(interval_s), thread_([this] { run(); }) {}
+ScrubThread::ScrubThread(WeightScrubber& scrubber, double interval_s) : scrubber_(scrubber) {
+  loop_.start(interval_s, [this] { read_once(); });
+}
 
 ScrubThread::~ScrubThread() { stop(); }
 
-void ScrubThread::stop() {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void ScrubThread::stop() { loop_.stop(); }
 
-void ScrubThread::run() {
+void ScrubThread::read_once() {
   using clock = std::chrono::steady_clock;
-  std::unique_lock<std::mutex> lk(mu_);
-  while (!stop_) {
-    lk.unlock();
-    const auto t0 = clock::now();
-    (void)scrubber_.read();
-    const auto t1 = clock::now();
-    busy_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
-    timespec cpu{};
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
-      cpu_ns_ = static_cast<int64_t>(cpu.tv_sec) * 1000000000 + cpu.tv_nsec;
-    ++reads_;
-    lk.lock();
-    // As the RAS loop waits: interval_s after each reading.
-    cv_.wait_for(lk, std::chrono::duration<double>(interval_s_), [this] { return stop_; });
-  }
+  const auto t0 = clock::now();
+  (void)scrubber_.read();
+  busy_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - t0).count();
+  timespec cpu{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
+    cpu_ns_ = static_cast<int64_t>(cpu.tv_sec) * 1000000000 + cpu.tv_nsec;
+  ++reads_;
 }
 
 }  // namespace fennec::ras

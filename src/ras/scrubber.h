@@ -11,15 +11,13 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "core/periodic_thread.h"
 #include "ras/telemetry.h"
 
 namespace fennec::ras {
@@ -60,6 +58,8 @@ class WeightScrubber final : public TelemetrySource {
   int64_t mismatches() const { return n_mismatches_; }
   int64_t passes() const { return passes_; }  // complete passes, the reference pass included
   size_t total_bytes() const { return total_; }
+  // Seconds a full pass takes at one read() every interval_s: whole reads of bytes_per_read.
+  double pass_s(double interval_s) const;
 
  private:
   struct Chunk {
@@ -95,14 +95,10 @@ class ScrubThread {
   double cpu_s() const { return cpu_ns_.load() * 1e-9; }    // the thread's CPU time
 
  private:
-  void run();
+  void read_once();
   WeightScrubber& scrubber_;
-  double interval_s_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
   std::atomic<int64_t> reads_{0}, busy_ns_{0}, cpu_ns_{0};
-  std::thread thread_;
+  PeriodicThread loop_;  // as the RAS loop paces its readings: interval_s after each
 };
 
 // Bytes per read() so that a full pass over total_bytes takes at most pass_s seconds at one read

@@ -34,35 +34,21 @@ RasService::RasService(std::vector<std::unique_ptr<TelemetrySource>> sources, Ra
 RasService::~RasService() { stop(); }
 
 void RasService::start() {
-  if (thread_.joinable()) return;
-  thread_ = std::thread([this] {
-    std::unique_lock<std::mutex> lk(mu_);
-    while (!stopping_) {
-      lk.unlock();
-      try {
-        poll();
-        std::function<void()> after;
-        {
-          std::lock_guard<std::mutex> alk(mu_);
-          after = after_poll_;
-        }
-        if (after) after();
-      } catch (...) {  // telemetry never takes the server down
+  loop_.start(opts_.interval_s, [this] {
+    try {
+      poll();
+      std::function<void()> after;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        after = after_poll_;
       }
-      lk.lock();
-      cv_.wait_for(lk, std::chrono::duration<double>(opts_.interval_s), [&] { return stopping_; });
+      if (after) after();
+    } catch (...) {  // telemetry never takes the server down
     }
   });
 }
 
-void RasService::stop() {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void RasService::stop() { loop_.stop(); }
 
 void RasService::poll() {
   std::unique_lock<std::mutex> slk(sources_mu_);

@@ -8,16 +8,15 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/expected.h"
+#include "core/periodic_thread.h"
 #include "ras/health.h"
 #include "ras/replay.h"
 #include "ras/telemetry.h"
@@ -75,9 +74,7 @@ class RasService {
   mutable std::mutex mu_;
   std::vector<Sample> last_;
   int64_t readings_ = 0;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::thread thread_;
+  PeriodicThread loop_;  // poll() every opts_.interval_s; last, so it stops before the rest goes
 };
 
 }  // namespace fennec::ras

@@ -180,6 +180,14 @@ TEST(ScrubRate, AutoSliceMakesAFullPassWithinFiftySeconds) {
   EXPECT_EQ(scrub_bytes_per_read(630 * MiB, 10, 50, 256 * MiB), 256 * MiB);
 }
 
+TEST(WeightScrubber, PassTimeCountsWholeReads) {
+  std::vector<uint8_t> a(1 << 16, 3), b(1, 4);
+  EXPECT_DOUBLE_EQ(WeightScrubber({{"w", a.data(), a.size()}}, 1 << 14, 1 << 12).pass_s(0.5), 2.0);
+  // One byte more takes a fifth read.
+  EXPECT_DOUBLE_EQ(WeightScrubber({{"w", a.data(), a.size()}, {"b", b.data(), 1}}, 1 << 14, 1 << 12).pass_s(10), 50.0);
+  EXPECT_DOUBLE_EQ(WeightScrubber({{"w", a.data(), a.size()}}, 1 << 20).pass_s(10), 10.0);  // one read holds it all
+}
+
 TEST(ScrubThread, ScrubsNowThenOncePerIntervalAndStops) {
   std::vector<uint8_t> a(1 << 16, 3);
   WeightScrubber s({{"w", a.data(), a.size()}}, 1 << 14, 1 << 12);

@@ -197,7 +197,7 @@ void add_bench_command(CLI::App& app) {
             "scrub %s: %d MiB every %.1f s over %.1f MiB of weights (a full pass every %.1f s): "
             "%lld slices, %.3f s busy (%.3f s CPU) in %.1f s = %.2f%% of one core (CPU time)",
             path.c_str(), scrub_mb, scrub_interval, total_mib,
-            std::max(1.0, std::ceil(total_mib / scrub_mb)) * scrub_interval,
+            scrubber->pass_s(scrub_interval),
             static_cast<long long>(scrub_thread->reads()), scrub_thread->busy_s(),
             scrub_thread->cpu_s(), wall, wall > 0 ? 100.0 * scrub_thread->cpu_s() / wall : 0.0);
         scrub_notes.emplace_back(note);
