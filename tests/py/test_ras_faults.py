@@ -311,8 +311,10 @@ def test_abft_failure_is_recomputed_then_fails_the_request_cleanly(fennec):
     try:
         client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0, timeout=300)
         clean = client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=8, temperature=0)
-        # Row 0's first scale, high byte: after the first group's 18 blocks of 512 quant bytes.
-        r = inject(srv, {"kind": "weight_bitflip", "tensor": "token_embd.weight", "byte": 18 * 512 + 1, "bit": 6,
+        # Row 0's first scale, high byte: a group stores its blocks in pairs, each pair followed by
+        # the pair's fp16 scales [block][row] (src/kernels/cpu/repack_layout.h), so block 0's come
+        # after the first two blocks of 512 quant bytes.
+        r = inject(srv, {"kind": "weight_bitflip", "tensor": "token_embd.weight", "byte": 2 * 512 + 1, "bit": 6,
                          "target": "memory"})
         assert r["where"] == "packed copy"
         with pytest.raises(openai.APIError, match="ABFT"):
