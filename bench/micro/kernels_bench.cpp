@@ -122,9 +122,10 @@ struct StreamSet {
     const auto one = random_weights(t, kRows, kCols);
     originals.assign(kMats, one);  // packing reads them once; the products read the packed copies
     std::vector<k::WeightView*> order;
-    for (int64_t m = 0; m < kMats; ++m) views.push_back(k::WeightView{t, originals[static_cast<size_t>(m)].data(), kRows, kCols, rb});
+    for (const auto& o : originals) views.push_back(k::WeightView{t, o.data(), kRows, kCols, rb});
     for (auto& v : views) order.push_back(&v);
-    packed.pack_all(order, pool(2));  // one buffer in reading order, as a model's (Model::pack_weights)
+    // One buffer in reading order, as a model's (Model::pack_weights).
+    packed.pack_all(order, pool(2));
     for (const auto& v : views) bytes += v.packed ? k::packed_bytes(t, kRows, kCols) : kRows * rb;
     originals.clear();  // the packed copies are all that is read
     for (auto& v : views)

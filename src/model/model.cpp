@@ -180,21 +180,31 @@ Expected<Weights> load_decoder_weights(const Loader& l, const HParams& hp) {
 
 int64_t Model::pack_weights(ThreadPool& pool) {
   // In the order a decode step reads them, into one buffer (PackedWeights::pack_all).
-  std::vector<std::pair<WeightView*, std::string>> mats;
+  std::vector<WeightView*> views;
+  std::vector<std::string> names;
+  auto add = [&](WeightView& v, std::string name) {
+    views.push_back(&v);
+    names.push_back(std::move(name));
+  };
   for (size_t i = 0; i < w_.layers.size(); ++i) {
     LayerWeights& l = w_.layers[i];
     const std::string p = "blk." + std::to_string(i) + ".";
-    for (auto [v, n] : {std::pair<WeightView*, const char*>{&l.wq, "attn_q"}, {&l.wk, "attn_k"}, {&l.wv, "attn_v"},
-                        {&l.wo, "attn_output"}, {&l.w_gate, "ffn_gate"}, {&l.w_up, "ffn_up"}, {&l.w_down, "ffn_down"}})
-      mats.emplace_back(v, p + n + ".weight");
+    add(l.wq, p + "attn_q.weight");
+    add(l.wk, p + "attn_k.weight");
+    add(l.wv, p + "attn_v.weight");
+    add(l.wo, p + "attn_output.weight");
+    add(l.w_gate, p + "ffn_gate.weight");
+    add(l.w_up, p + "ffn_up.weight");
+    add(l.w_down, p + "ffn_down.weight");
   }
-  mats.emplace_back(&w_.output, w_.output.data == w_.token_embd.data ? "token_embd.weight" : "output.weight");
-  std::vector<WeightView*> views;
-  for (auto& m : mats) views.push_back(m.first);
+  add(w_.output, w_.output.data == w_.token_embd.data ? "token_embd.weight" : "output.weight");
   packed_.pack_all(views, pool, gguf_->file()->mapped());
-  for (auto& [v, name] : mats)
-    if (v->packed)
-      packed_regions_.push_back({name + " (packed)", v->packed, static_cast<size_t>(kernels::packed_bytes(v->type, v->rows, v->cols))});
+  for (size_t i = 0; i < views.size(); ++i) {
+    const WeightView& v = *views[i];
+    if (v.packed)
+      packed_regions_.push_back({names[i] + " (packed)", v.packed,
+                                 static_cast<size_t>(kernels::packed_bytes(v.type, v.rows, v.cols))});
+  }
   return packed_.bytes();
 }
 

@@ -1,7 +1,7 @@
 // The per-ISA body of paged_attention (attention.h): one work item is one sequence, one KV head
-// (a range of KV heads for the vector bodies) and a run of that sequence's queries. attention.cpp holds the driver and the portable body;
-// attention_simd_impl.h the vector one (AVX2 and AVX-512VL), which gives the same bits
-// (kernel_test compares them).
+// (a range of KV heads for the vector bodies) and a run of that sequence's queries. attention.cpp
+// holds the driver and the portable body; attention_simd_impl.h the vector one (AVX2 and
+// AVX-512VL), which gives the same bits (kernel_test compares them).
 #pragma once
 
 #include <cstdint>

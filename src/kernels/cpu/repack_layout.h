@@ -14,9 +14,9 @@
 // scale (NVFP4's 16-column sub-blocks). A group stores its blocks in pairs, each pair followed by
 // the two blocks' scales, padded to 64 bytes (an odd last block: the block, its scales, padding),
 // so that a product reads the group front to back as one stream. (With all scales after all
-// blocks, the scales are a second stream 16 KB ahead of the first in a 2048-column group, and
-// the hardware prefetchers of the machine measured then kept one core to 21.6 GB/s, against
-// 34 for one stream; block_at() is the one place that knows the layout.)
+// blocks, the scales are a second stream 16 KB ahead of the first in a 2048-column group; on
+// the machine measured, the hardware prefetchers alone read two such streams on one core at
+// 21.6 GB/s and one at 34.) block_at() is the one place that knows the layout.
 #pragma once
 
 #include <algorithm>
