@@ -34,15 +34,18 @@ Expected<std::unique_ptr<LoadedModel>> LoadedModel::load(const std::string& path
   const int n_seqs = std::max(1, opts.n_seqs);
   const int64_t blocks_per_seq = (m->n_ctx_ + opts.block_size - 1) / opts.block_size;
   int64_t n_blocks = blocks_per_seq * n_seqs;
+  KvCacheShape shape = m->model_->kv_shape(opts.block_size);
+  shape.k_type = opts.k_type;
+  shape.v_type = opts.v_type;
   if (opts.kv_bytes > 0) {
-    const int64_t per_block = KvCache::bytes_per_block(m->model_->kv_shape(opts.block_size));
+    const int64_t per_block = KvCache::bytes_per_block(shape);
     n_blocks = opts.kv_bytes / per_block;
     if (n_blocks < blocks_per_seq)
       return make_error("KV memory of " + std::to_string(opts.kv_bytes >> 20) + " MiB holds " +
                         std::to_string(n_blocks * opts.block_size) + " tokens, less than one context of " +
                         std::to_string(m->n_ctx_) + ": raise --kv-mem or lower --ctx");
   }
-  auto kv = KvCache::create(m->model_->kv_shape(opts.block_size), n_blocks);
+  auto kv = KvCache::create(shape, n_blocks);
   if (!kv) return kv.error();
   m->kv_ = std::move(*kv);
   const bool pin = opts.pin_threads || pin_requested_by_env();

@@ -22,6 +22,8 @@ struct LoadOptions {
   int n_seqs = 1;      // sequences that must fit in the KV cache at full context
   int64_t kv_bytes = 0;  // > 0: size the KV cache by memory instead (at least one full context)
   int block_size = 16;
+  kernels::KvType k_type = kernels::KvType::kF16;  // the KV cache's K and V types (--cache-type-k/-v)
+  kernels::KvType v_type = kernels::KvType::kF16;
   bool pin_threads = false;  // pin the pool's threads to cores (ThreadPool); FENNEC_PIN=1 also does
 };
 

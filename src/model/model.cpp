@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
 
 namespace fennec::model {
@@ -347,17 +348,25 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
       if (hp.scale_q_first) kernels::scale(qt, attn_scale, n * q_dim);
     });
 
-    // Store this step's K and V (fp16) in the sequences' blocks.
-    uint16_t* kc = kv.k_layer(il);
-    uint16_t* vc = kv.v_layer(il);
+    // Store this step's K and V in the sequences' blocks: fp16, or Q8_0 quantized as ggml's
+    // x86 quantize_row_q8_0 does (what llama.cpp's -ctk/-ctv q8_0 write).
+    uint8_t* kc = kv.k_layer(il);
+    uint8_t* vc = kv.v_layer(il);
+    auto store = [&](kernels::KvType t, const float* src, uint8_t* cache, int64_t slot, int64_t n) {
+      uint8_t* dst = cache + kernels::kv_bytes(t, slot * n);
+      if (t == kernels::KvType::kF16)
+        vo.f32_to_fp16(src, reinterpret_cast<uint16_t*>(dst), n);
+      else
+        kernels::quantize_act(kernels::ActFormat::kQ8_0, src, dst, n);
+    };
     for (size_t s = 0; s < batch.seqs.size(); ++s) {
       const auto& sq = batch.seqs[s];
       for (int32_t i = 0; i < sq.n_tokens; ++i) {
         const int32_t pos = sq.pos0 + i;
         const int64_t slot = kernels::cache_slot(sq.block_table.data(), ks.block_size, pos);
         const int64_t r = aseq[s].row + i;
-        vo.f32_to_fp16(k.data() + r * k_dim, kc + slot * k_dim, k_dim);
-        vo.f32_to_fp16(v.data() + r * v_dim, vc + slot * v_dim, v_dim);
+        store(ks.k_type, k.data() + r * k_dim, kc, slot, k_dim);
+        store(ks.v_type, v.data() + r * v_dim, vc, slot, v_dim);
       }
     }
 
@@ -370,6 +379,8 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
     ap.scale = hp.scale_q_first ? 1.0f : attn_scale;
     ap.window = swa ? hp.sliding_window : 0;
     ap.softcap = hp.attn_softcap;
+    ap.k_type = ks.k_type;
+    ap.v_type = ks.v_type;
     kernels::paged_attention(q.data(), q_dim, aseq.data(), static_cast<int>(aseq.size()), kc, vc, ap,
                              attn.data(), o_dim, pool);
 

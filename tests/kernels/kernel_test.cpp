@@ -127,66 +127,110 @@ TEST(OpsKernelTest, RopeNeoxAndNormalRotatePairs) {
   EXPECT_NEAR(b[3], std::cos(0.01f), 1e-6);
 }
 
-// Paged attention against a dense causal reference (in double), with GQA, a shuffled block
-// table, a chunk that starts mid-sequence, and a sliding window.
-TEST(AttentionKernelTest, PagedMatchesDenseReference) {
-  const int n_heads = 4, n_kv = 2, hd = 16, bs = 4, n_pos = 11, pos0 = 5;
-  const int n_q = n_pos - pos0;
-  for (int window : {0, 3}) {
-    std::vector<int32_t> table = {2, 0, 3};  // covers 12 slots
-    const int n_blocks = 4;
-    std::vector<uint16_t> kc(static_cast<size_t>(n_blocks * bs * n_kv * hd)), vc(kc.size());
-    auto keys = random_vec(static_cast<size_t>(n_pos * n_kv * hd), 10 + window);
-    auto vals = random_vec(static_cast<size_t>(n_pos * n_kv * hd), 20 + window);
-    for (int p = 0; p < n_pos; ++p)
-      for (int i = 0; i < n_kv * hd; ++i) {
-        const int64_t slot = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
-        kc[static_cast<size_t>(slot * n_kv * hd + i)] =
-            f32_to_fp16(keys[static_cast<size_t>(p * n_kv * hd + i)]);
-        vc[static_cast<size_t>(slot * n_kv * hd + i)] =
-            f32_to_fp16(vals[static_cast<size_t>(p * n_kv * hd + i)]);
-      }
-    auto q = random_vec(static_cast<size_t>(n_q * n_heads * hd), 30);
-    AttnSequence s{0, n_q, pos0, table.data()};
-    AttnParams ap;
-    ap.n_heads = n_heads;
-    ap.n_kv_heads = n_kv;
-    ap.head_dim_k = ap.head_dim_v = hd;
-    ap.block_size = bs;
-    ap.scale = 0.25f;
-    ap.window = window;
-    std::vector<float> out(static_cast<size_t>(n_q * n_heads * hd));
-    ThreadPool pool(2);
-    paged_attention(q.data(), n_heads * hd, &s, 1, kc.data(), vc.data(), ap, out.data(),
-                    n_heads * hd, pool);
-    for (int i = 0; i < n_q; ++i)
-      for (int h = 0; h < n_heads; ++h) {
-        const int kvh = h / (n_heads / n_kv);
-        const int pos = pos0 + i;
-        const int lo = window ? std::max(0, pos - window + 1) : 0;
-        std::vector<double> w;
-        double m = -1e300;
-        for (int k = lo; k <= pos; ++k) {
-          double d = 0;
-          for (int e = 0; e < hd; ++e)
-            d += static_cast<double>(q[static_cast<size_t>((i * n_heads + h) * hd + e)]) *
-                 fp16_to_f32(f32_to_fp16(keys[static_cast<size_t>((k * n_kv + kvh) * hd + e)]));
-          w.push_back(d * 0.25);
-          m = std::max(m, w.back());
-        }
-        double sum = 0;
-        for (auto& x : w) sum += (x = std::exp(x - m));
-        for (int e = 0; e < hd; ++e) {
-          double ref = 0;
-          for (int k = lo; k <= pos; ++k)
-            ref += w[static_cast<size_t>(k - lo)] / sum *
-                   fp16_to_f32(f32_to_fp16(vals[static_cast<size_t>((k * n_kv + kvh) * hd + e)]));
-          // Q and the weights pass through fp16 (as in ggml): allow that rounding.
-          EXPECT_NEAR(out[static_cast<size_t>((i * n_heads + h) * hd + e)], ref, 5e-3)
-              << "window " << window << " q " << i << " head " << h;
-        }
+// Cache bytes holding the values x as type t: fp16, or Q8_0 blocks quantized as the model
+// stores them (quantize_act, ggml's quantize_row_q8_0).
+std::vector<uint8_t> cache_of(KvType t, const std::vector<float>& x) {
+  std::vector<uint8_t> c(static_cast<size_t>(kv_bytes(t, static_cast<int64_t>(x.size()))));
+  if (t == KvType::kF16) {
+    for (size_t i = 0; i < x.size(); ++i) {
+      const uint16_t h = f32_to_fp16(x[i]);
+      std::memcpy(c.data() + 2 * i, &h, 2);
+    }
+  } else {
+    quantize_act(ActFormat::kQ8_0, x.data(), c.data(), static_cast<int64_t>(x.size()));
+  }
+  return c;
+}
+
+// The float values a cache of type t holds for x, by the reference dequantizer (quant/).
+std::vector<float> cache_values(KvType t, const std::vector<float>& x) {
+  const std::vector<uint8_t> c = cache_of(t, x);
+  std::vector<float> v(x.size());
+  const auto ty = t == KvType::kF16 ? formats::GgmlType::F16 : formats::GgmlType::Q8_0;
+  EXPECT_TRUE(quant::dequantize_row(ty, c.data(), v.data(), static_cast<int64_t>(v.size())).has_value());
+  return v;
+}
+
+const char* kv_name(KvType t) { return t == KvType::kF16 ? "f16" : "q8_0"; }
+
+// kv_to_f32 (the attention bodies' conversion) gives the reference dequantizer's values.
+TEST(AttentionKernelTest, CacheValuesMatchReferenceDequantizer) {
+  const auto x = random_vec(256, 7, 3.0f);
+  for (KvType t : {KvType::kF16, KvType::kQ8_0}) {
+    const std::vector<uint8_t> c = cache_of(t, x);
+    std::vector<float> got(x.size());
+    kv_to_f32(t, c.data(), got.data(), static_cast<int64_t>(x.size()));
+    const std::vector<float> want = cache_values(t, x);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(f32_to_bits(got[i]), f32_to_bits(want[i])) << kv_name(t) << " " << i;
+    // Q8_0 keeps each value within half a step (d / 2, d = amax / 127 of its block of 32).
+    if (t == KvType::kQ8_0)
+      for (size_t b = 0; b < x.size(); b += 32) {
+        float amax = 0;
+        for (size_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (size_t i = b; i < b + 32; ++i) EXPECT_NEAR(got[i], x[i], amax / 127 * 0.51 + 1e-6) << i;
       }
   }
+}
+
+// Paged attention against a dense causal reference (in double), with GQA, a shuffled block
+// table, a chunk that starts mid-sequence, and a sliding window, for each cache type: the
+// reference takes the values the cache holds (reference dequantizer).
+TEST(AttentionKernelTest, PagedMatchesDenseReference) {
+  const int n_heads = 4, n_kv = 2, hd = 32, bs = 4, n_pos = 11, pos0 = 5;
+  const int n_q = n_pos - pos0;
+  for (KvType kt : {KvType::kF16, KvType::kQ8_0})
+    for (KvType vt : {KvType::kF16, KvType::kQ8_0})
+      for (int window : {0, 3}) {
+        std::vector<int32_t> table = {2, 0, 3};  // covers 12 slots
+        const int n_blocks = 4;
+        const int row = n_kv * hd;
+        // Values by cache slot (slot 4..7, block 1, is never used).
+        auto keys = random_vec(static_cast<size_t>(n_blocks * bs * row), 10 + window);
+        auto vals = random_vec(static_cast<size_t>(n_blocks * bs * row), 20 + window);
+        const std::vector<uint8_t> kc = cache_of(kt, keys), vc = cache_of(vt, vals);
+        const std::vector<float> kx = cache_values(kt, keys), vx = cache_values(vt, vals);
+        auto q = random_vec(static_cast<size_t>(n_q * n_heads * hd), 30);
+        AttnSequence s{0, n_q, pos0, table.data()};
+        AttnParams ap;
+        ap.n_heads = n_heads;
+        ap.n_kv_heads = n_kv;
+        ap.head_dim_k = ap.head_dim_v = hd;
+        ap.block_size = bs;
+        ap.scale = 0.25f;
+        ap.window = window;
+        ap.k_type = kt;
+        ap.v_type = vt;
+        std::vector<float> out(static_cast<size_t>(n_q * n_heads * hd));
+        ThreadPool pool(2);
+        paged_attention(q.data(), n_heads * hd, &s, 1, kc.data(), vc.data(), ap, out.data(), n_heads * hd, pool);
+        for (int i = 0; i < n_q; ++i)
+          for (int h = 0; h < n_heads; ++h) {
+            const int kvh = h / (n_heads / n_kv);
+            const int pos = pos0 + i;
+            const int lo = window ? std::max(0, pos - window + 1) : 0;
+            auto at = [&](const std::vector<float>& v, int k, int e) {
+              const int64_t slot = static_cast<int64_t>(table[static_cast<size_t>(k / bs)]) * bs + k % bs;
+              return static_cast<double>(v[static_cast<size_t>(slot * row + kvh * hd + e)]);
+            };
+            std::vector<double> w;
+            double m = -1e300;
+            for (int k = lo; k <= pos; ++k) {
+              double d = 0;
+              for (int e = 0; e < hd; ++e) d += static_cast<double>(q[static_cast<size_t>((i * n_heads + h) * hd + e)]) * at(kx, k, e);
+              w.push_back(d * 0.25);
+              m = std::max(m, w.back());
+            }
+            double sum = 0;
+            for (auto& x : w) sum += (x = std::exp(x - m));
+            for (int e = 0; e < hd; ++e) {
+              double ref = 0;
+              for (int k = lo; k <= pos; ++k) ref += w[static_cast<size_t>(k - lo)] / sum * at(vx, k, e);
+              // Q and the weights pass through fp16 (as in ggml): allow that rounding.
+              EXPECT_NEAR(out[static_cast<size_t>((i * n_heads + h) * hd + e)], ref, 5e-3)
+                  << "K " << kv_name(kt) << " V " << kv_name(vt) << " window " << window << " q " << i << " head " << h;
+            }
+          }
+      }
 }
 
 // The AVX2 and AVX-512 attention bodies reorder the loops but must give the scalar body's bits: decode
@@ -208,7 +252,11 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
                           {16, 2, 64, 64, 50, 0.0f, 1.0f}, {3, 1, 128, 64, 0, 0.0f, 1.0f}};
   const int bs = 16;
   uint32_t seed = 100;
+  const std::pair<KvType, KvType> kv_types[] = {
+      {KvType::kF16, KvType::kF16}, {KvType::kQ8_0, KvType::kQ8_0}, {KvType::kQ8_0, KvType::kF16}, {KvType::kF16, KvType::kQ8_0}};
+  for (const auto& [kt, vt] : kv_types)
   for (const Shape& sh : shapes) {
+    if ((kt == KvType::kQ8_0 && sh.dk % 32 != 0) || (vt == KvType::kQ8_0 && sh.dv % 32 != 0)) continue;
     // Three sequences: a decode step deep in the context, a chunk of 45 queries starting at 130,
     // and a short prompt from position 0.
     struct SeqSpec {
@@ -220,10 +268,8 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
     const int blocks_per_seq = (max_pos + bs - 1) / bs;
     const int n_blocks = n_seqs * blocks_per_seq;
     const int64_t kw = static_cast<int64_t>(sh.n_kv) * sh.dk, vw = static_cast<int64_t>(sh.n_kv) * sh.dv;
-    std::vector<uint16_t> kc(static_cast<size_t>(n_blocks * bs * kw)), vc(static_cast<size_t>(n_blocks * bs * vw));
-    auto kf = random_vec(kc.size(), seed++), vf = random_vec(vc.size(), seed++);
-    for (size_t i = 0; i < kc.size(); ++i) kc[i] = f32_to_fp16(kf[i]);
-    for (size_t i = 0; i < vc.size(); ++i) vc[i] = f32_to_fp16(vf[i]);
+    const std::vector<uint8_t> kc = cache_of(kt, random_vec(static_cast<size_t>(n_blocks * bs * kw), seed++));
+    const std::vector<uint8_t> vc = cache_of(vt, random_vec(static_cast<size_t>(n_blocks * bs * vw), seed++));
     // Shuffled block tables.
     std::vector<int32_t> perm(static_cast<size_t>(n_blocks));
     for (int i = 0; i < n_blocks; ++i) perm[static_cast<size_t>(i)] = i;
@@ -245,6 +291,8 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
     ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.dk));
     ap.window = sh.window;
     ap.softcap = sh.softcap;
+    ap.k_type = kt;
+    ap.v_type = vt;
     std::vector<float> ref(static_cast<size_t>(rows * ldo), -1.0f);
     const AttnArgs a_ref{q.data(), ldq, kc.data(), vc.data(), &ap, ref.data(), ldo};
     for (int s = 0; s < n_seqs; ++s)
@@ -265,7 +313,8 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
                            per_head ? h + 1 : 0});
         for (size_t i = 0; i < ref.size(); ++i)
           ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
-              << (level == 2 ? "avx512" : "avx2") << (per_head ? " per head" : "") << " heads " << sh.n_heads
+              << (level == 2 ? "avx512" : "avx2") << (per_head ? " per head" : "") << " K " << kv_name(kt) << " V "
+              << kv_name(vt) << " heads " << sh.n_heads
               << "/" << sh.n_kv << " dk " << sh.dk << " window " << sh.window << " output " << i << ": " << ref[i]
               << " vs " << got[i];
       }

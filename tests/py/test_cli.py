@@ -155,3 +155,25 @@ def test_bench_table_layout(fennec):
     assert tests == ["pp16", "tg4"]
     assert re.search(r"memory read bandwidth: [0-9.]+ GB/s", r.stdout)
     assert re.search(r"decode roofline .* = [0-9]+% of it", r.stdout)
+
+
+def test_q8_0_kv_cache_halves_the_cache_and_still_answers(fennec):
+    """-ctk/-ctv q8_0 (llama.cpp's flags): the cache takes 34 bytes per 32 values instead of 64, and
+    a greedy answer still begins like llama.cpp's f16 one (the logits against llama.cpp's own q8_0
+    cache are checked in tests/model/reference_test.cpp)."""
+    ref = json.loads((ROOT / "tests/fixtures/reference/greedy_smollm2-135m.json").read_text())
+    p = ref["prompts"][1]
+    sizes = {}
+    for kv in ("f16", "q8_0"):
+        r = run([fennec, "run", "-m", str(SMOL), "-p", p["messages"][-1]["content"], "--temp", "0",
+                 "-n", "16", "-t", "2", "-c", "1024", "-ctk", kv, "-ctv", kv])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()[:12] == p["generated_text"].strip()[:12]
+        sizes[kv] = float(re.search(r"KV cache ([0-9.]+) MiB", r.stderr).group(1))
+    assert sizes["q8_0"] == pytest.approx(sizes["f16"] * 34 / 64, rel=0.02)
+
+
+def test_unknown_kv_cache_type_is_a_clear_error(fennec):
+    r = run([fennec, "run", "-m", str(SMOL), "-p", "hi", "-n", "1", "--cache-type-k", "q4_0"])
+    assert r.returncode != 0
+    assert "q4_0" in r.stderr and "f16" in r.stderr and "q8_0" in r.stderr

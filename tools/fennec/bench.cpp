@@ -61,6 +61,7 @@ void add_bench_command(CLI::App& app) {
   static bool json = false, no_bw = false;
   static metering::MeterOptions mo;
   static int scrub_mb = 0;
+  static KvTypeFlags kv;
   static double scrub_interval = 10;
   cmd->add_option("-m,--model", models, "GGUF model file(s)")->required()->delimiter(',');
   cmd->add_option("-p,--n-prompt", prompts, "prompt lengths (default 512; 0: none)")->delimiter(',');
@@ -85,6 +86,7 @@ void add_bench_command(CLI::App& app) {
       "thread of its own, during the tests (default 0: off)");
   cmd->add_option("--scrub-interval", scrub_interval,
                   "seconds between scrub slices (default 10, as serve's --ras-interval)");
+  add_kv_type_options(cmd, kv);
   cmd->callback([] {
     if (json) output = "json";
     if (output != "md" && output != "json") {
@@ -128,6 +130,7 @@ void add_bench_command(CLI::App& app) {
       o.n_threads = 1;
       o.n_ctx = max_ctx;
       o.n_seqs = max_par;
+      kv.apply(o);
       auto lm = engine::LoadedModel::load(path, o);
       if (!lm) {
         std::fprintf(stderr, "fennec bench: %s\n", lm.error().message.c_str());
@@ -247,8 +250,8 @@ void add_bench_command(CLI::App& app) {
       j["n_batch"] = r.test.n_batch;
       j["n_ubatch"] = r.test.n_batch;
       j["n_threads"] = r.threads;
-      j["type_k"] = "f16";
-      j["type_v"] = "f16";
+      j["type_k"] = kv.k;
+      j["type_v"] = kv.v;
       j["n_gpu_layers"] = 0;
       j["flash_attn"] = 0;
       j["load_mode"] = "mmap";

@@ -15,6 +15,7 @@ void add_kld_command(CLI::App& app) {
   static std::string base, model, file;
   static int ctx = 512, threads = 0, chunks = -1;
   static bool json = false;
+  static KvTypeFlags kv;
   cmd->add_option("--base", base, "base (reference) GGUF model, e.g. F16 or Q8_0")->required();
   cmd->add_option("-m,--model", model, "GGUF model compared against the base")->required();
   cmd->add_option("-f,--file", file, "text file")->required();
@@ -22,12 +23,13 @@ void add_kld_command(CLI::App& app) {
   cmd->add_option("-t,--threads", threads, "compute threads");
   cmd->add_option("--chunks", chunks, "score at most this many chunks");
   cmd->add_flag("--json", json, "print the result as one JSON object");
+  add_kv_type_options(cmd, kv);  // the model's cache only: the base keeps f16 (same file: the cache's own loss)
   cmd->callback([] {
     const std::optional<std::string> text = read_text_file(file);
     if (!text) return set_exit_code(1);
     auto lb = load_text_model(base, threads, ctx);
     if (!lb) return set_exit_code(1);
-    auto lm = load_text_model(model, threads, ctx);
+    auto lm = load_text_model(model, threads, ctx, kv);
     if (!lm) return set_exit_code(1);
     if (auto s = engine::check_same_vocab(**lb, **lm); !s) {
       std::fprintf(stderr, "fennec: %s\n", s.error().message.c_str());

@@ -3,6 +3,8 @@
 
 #include <cstdio>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "tools/fennec/commands.h"
 
@@ -18,8 +20,15 @@ int main(int argc, char** argv) {
   fennec::cli::add_bench_command(app);
   fennec::cli::add_quantize_command(app);
   fennec::cli::add_doctor_command(app);
+  // llama.cpp's multi-letter single-dash flags, which CLI11 cannot name: spelled out.
+  std::vector<char*> args(argv, argv + argc);
+  for (auto& a : args) {
+    const std::string_view v = a;
+    if (v == "-ctk") a = const_cast<char*>("--cache-type-k");
+    if (v == "-ctv") a = const_cast<char*>("--cache-type-v");
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(args.size()), args.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

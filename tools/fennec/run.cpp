@@ -28,6 +28,7 @@ struct RunFlags {
   std::vector<std::string> stop;
   engine::SamplingParams sp;
   long long seed = -1;
+  KvTypeFlags kv;
 };
 
 void add_common(CLI::App* cmd, RunFlags& f) {
@@ -47,6 +48,7 @@ void add_common(CLI::App* cmd, RunFlags& f) {
   cmd->add_option("--stop", f.stop, "stop string (repeatable)");
   cmd->add_option("--system,--system-prompt", f.system, "system message (chat template)");
   cmd->add_flag("--ignore-eos", f.ignore_eos, "keep generating past end-of-generation tokens");
+  add_kv_type_options(cmd, f.kv);
 }
 
 void finalize_sampling(RunFlags& f) {
@@ -60,6 +62,7 @@ std::unique_ptr<engine::LoadedModel> load_model(const RunFlags& f) {
   engine::LoadOptions o;
   o.n_threads = f.threads;
   o.n_ctx = f.ctx;
+  f.kv.apply(o);
   auto lm = engine::LoadedModel::load(f.model, o);
   if (!lm) {
     std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());

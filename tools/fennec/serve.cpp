@@ -84,6 +84,7 @@ struct ServeFlags {
   double ras_recovery_timeout = 60;
   bool enable_fault_injection = false;
   bool abft = false;
+  KvTypeFlags kv;
 };
 
 int serve(const ServeFlags& f) {
@@ -163,6 +164,7 @@ int serve(const ServeFlags& f) {
   lo.n_threads = f.threads;
   lo.n_ctx = f.ctx;
   lo.kv_bytes = kv_bytes;
+  f.kv.apply(lo);
   const auto t0 = std::chrono::steady_clock::now();
   auto lm = engine::LoadedModel::load(f.model, lo);
   if (!lm) {
@@ -265,11 +267,12 @@ int serve(const ServeFlags& f) {
   (*srv)->attach(**lm, scheduler);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr,
-               "fennec: ready: model '%s' (%s), context %d, KV cache %lld tokens (%.0f MiB), %d threads, "
-               "loaded in %.2f s\n",
+               "fennec: ready: model '%s' (%s), context %d, KV cache %lld tokens (%.0f MiB, K %s, V %s), %d "
+               "threads, loaded in %.2f s\n",
                so.served_model_name.c_str(), f.model.c_str(), (*lm)->n_ctx(),
                static_cast<long long>((*lm)->kv().n_blocks() * (*lm)->kv().shape().block_size),
-               static_cast<double>((*lm)->kv().bytes()) / (1 << 20), (*lm)->pool().size(), load_s);
+               static_cast<double>((*lm)->kv().bytes()) / (1 << 20), engine::kv_type_name((*lm)->kv().shape().k_type),
+               engine::kv_type_name((*lm)->kv().shape().v_type), (*lm)->pool().size(), load_s);
 
   while (g_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::fprintf(stderr, "fennec: signal %d: draining (%lld requests in flight, up to %.0f s)\n", g_signal.load(),
@@ -299,6 +302,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-mem", f->kv_mem, "KV cache memory, e.g. 512M, 2G (default 1G)")->envname("FENNEC_KV_MEM");
   cmd->add_option("-c,--ctx", f->ctx, "context length per sequence (default: min(train, 4096))")
       ->envname("FENNEC_CTX");
+  add_kv_type_options(cmd, f->kv, "FENNEC_");
   cmd->add_option("-t,--threads", f->threads, "compute threads (default: all cores)")->envname("FENNEC_THREADS");
   cmd->add_option("--drain-timeout", f->drain_timeout, "seconds to finish requests after SIGTERM (default 30)")
       ->envname("FENNEC_DRAIN_TIMEOUT");

@@ -18,10 +18,28 @@ std::optional<std::string> read_text_file(const std::string& path) {
   return ss.str();
 }
 
-Expected<std::unique_ptr<engine::LoadedModel>> load_text_model(const std::string& path, int threads, int ctx) {
+void KvTypeFlags::apply(engine::LoadOptions& o) const {
+  if (auto t = engine::parse_kv_type(k)) o.k_type = *t;
+  if (auto t = engine::parse_kv_type(v)) o.v_type = *t;
+}
+
+void add_kv_type_options(CLI::App* cmd, KvTypeFlags& f, const std::string& env_prefix) {
+  auto* k = cmd->add_option("--cache-type-k", f.k, "KV cache type of K: f16 or q8_0 (default f16; also -ctk)")
+                ->check(CLI::IsMember({"f16", "q8_0"}));
+  auto* v = cmd->add_option("--cache-type-v", f.v, "KV cache type of V: f16 or q8_0 (default f16; also -ctv)")
+                ->check(CLI::IsMember({"f16", "q8_0"}));
+  if (!env_prefix.empty()) {
+    k->envname(env_prefix + "CACHE_TYPE_K");
+    v->envname(env_prefix + "CACHE_TYPE_V");
+  }
+}
+
+Expected<std::unique_ptr<engine::LoadedModel>> load_text_model(const std::string& path, int threads, int ctx,
+                                                               const KvTypeFlags& kv) {
   engine::LoadOptions o;
   o.n_threads = threads;
   o.n_ctx = ctx;
+  kv.apply(o);
   auto lm = engine::LoadedModel::load(path, o);
   if (!lm) std::fprintf(stderr, "fennec: %s\n", lm.error().message.c_str());
   return lm;

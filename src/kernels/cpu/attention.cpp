@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/float_convert.h"
@@ -27,8 +28,8 @@ void attend_scalar(const AttnArgs& a, const AttnItem& w) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
   const int group = p.n_heads / p.n_kv_heads;
-  const int64_t k_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_k;
-  const int64_t v_stride = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_v;
+  const int64_t k_width = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_k;
+  const int64_t v_width = static_cast<int64_t>(p.n_kv_heads) * p.head_dim_v;
   const VecOps& vo = vec_ops_scalar();
   const QuantDotOps& qo = quant_dot_ops_scalar();
   thread_local std::vector<float> keys, vt, scores, probs, qh, vrow;
@@ -54,10 +55,10 @@ void attend_scalar(const AttnArgs& a, const AttnItem& w) {
   for (int32_t j = 0; j < n_keys; ++j) {
     const int32_t kp = k_lo + j;
     const int64_t slot = cache_slot(sq.block_table, p.block_size, kp);
-    vo.fp16_to_f32(a.k_cache + slot * k_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_k,
-                   keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
-    vo.fp16_to_f32(a.v_cache + slot * v_stride + static_cast<int64_t>(w.kv_head) * p.head_dim_v,
-                   vrow.data(), p.head_dim_v);
+    kv_to_f32(p.k_type, kv_at(a.k_cache, p.k_type, k_width, slot, static_cast<int64_t>(w.kv_head) * p.head_dim_k),
+              keys.data() + static_cast<int64_t>(j) * p.head_dim_k, p.head_dim_k);
+    kv_to_f32(p.v_type, kv_at(a.v_cache, p.v_type, v_width, slot, static_cast<int64_t>(w.kv_head) * p.head_dim_v),
+              vrow.data(), p.head_dim_v);
     for (int e = 0; e < p.head_dim_v; ++e)
       vt[static_cast<size_t>(e * n_pad + kp)] = vrow[static_cast<size_t>(e)];
   }
@@ -94,10 +95,25 @@ void attend_scalar(const AttnArgs& a, const AttnItem& w) {
 
 }  // namespace
 
+void kv_to_f32(KvType t, const void* src, float* dst, int64_t n) {
+  if (t == KvType::kF16) {
+    const auto* h = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(h[i]);
+    return;
+  }
+  const auto* b = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; i += 32, b += 34) {
+    uint16_t dh;
+    std::memcpy(&dh, b, 2);
+    const float d = fp16_to_f32(dh);
+    for (int j = 0; j < 32; ++j) dst[i + j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
+  }
+}
+
 AttnItemFn attention_item_scalar() { return &attend_scalar; }
 
 void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int n_seqs,
-                     const uint16_t* k_cache, const uint16_t* v_cache, const AttnParams& p,
+                     const void* k_cache, const void* v_cache, const AttnParams& p,
                      float* out, int64_t ldo, ThreadPool& pool) {
   const bool simd = active_simd_level() >= SimdLevel::kAvx2 && p.head_dim_k % 16 == 0 &&
                     p.head_dim_v % 8 == 0;
@@ -105,8 +121,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
                         : active_simd_level() >= SimdLevel::kAvx512 ? attention_item_avx512()
                                                                      : attention_item_avx2();
   // The vector bodies take every KV head of a sequence in one item (a chunk of queries converts
-  // whole cache rows once). Decode steps read the cache in place, so when there are too few
-  // items to keep the threads busy (one sequence: one item), each of those is split by KV heads.
+  // whole cache rows once). A decode step reads each key once, so when there are too few items
+  // to keep the threads busy (one sequence: one item), each decode step is split by KV heads.
   int64_t n_chunks = 0;
   for (int s = 0; s < n_seqs; ++s) n_chunks += (seqs[s].n_queries + kQueryChunk - 1) / kQueryChunk;
   const int decode_parts =
@@ -115,7 +131,7 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
           : 1;
   std::vector<AttnItem> items;
   for (int s = 0; s < n_seqs; ++s) {
-    const int parts = !simd ? p.n_kv_heads : reads_cache_in_place(p, seqs[s]) ? decode_parts : 1;
+    const int parts = !simd ? p.n_kv_heads : seqs[s].n_queries == 1 ? decode_parts : 1;
     for (int h = 0; h < parts; ++h) {
       const int h0 = p.n_kv_heads * h / parts, h1 = p.n_kv_heads * (h + 1) / parts;
       if (h0 == h1) continue;

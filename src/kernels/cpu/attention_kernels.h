@@ -21,8 +21,8 @@ struct AttnItem {
 struct AttnArgs {
   const float* q = nullptr;
   int64_t ldq = 0;
-  const uint16_t* k_cache = nullptr;
-  const uint16_t* v_cache = nullptr;
+  const void* k_cache = nullptr;  // values of p->k_type
+  const void* v_cache = nullptr;
   const AttnParams* p = nullptr;
   float* out = nullptr;
   int64_t ldo = 0;
@@ -37,7 +37,13 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // (one query: a decode step, with ggml's 64-lane dot order) instead of converting them to f32
 // first; paged_attention splits such steps by KV heads when they are too few to share out.
 inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
-  return s.n_queries == 1 && p.head_dim_k % 64 == 0;
+  return s.n_queries == 1 && p.head_dim_k % 64 == 0 && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
+}
+
+// The address of value `first` of cache row `slot`, for one layer's cache at base with rows of
+// `width` values of type t (for Q8_0, width and first are multiples of 32).
+inline const uint8_t* kv_at(const void* base, KvType t, int64_t width, int64_t slot, int64_t first) {
+  return static_cast<const uint8_t*>(base) + kv_bytes(t, slot * width + first);
 }
 
 AttnItemFn attention_item_scalar();

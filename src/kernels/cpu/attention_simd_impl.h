@@ -3,8 +3,8 @@
 // two query heads keep their rows in registers while they share each key). It performs the
 // float operations of attend_scalar (attention.cpp), per output in the same order, arranged
 // for throughput:
-// - a chunk of queries converts its keys and values from fp16 once per work item, inline (no
-//   call per row); one query (a decode step) reads them in the fp16 cache in place;
+// - a chunk of queries converts its keys and values (fp16 or Q8_0) to f32 once per work item,
+//   inline (no call per row); one query (a decode step) reads an fp16 cache in place;
 // - q.k: each key's dot keeps its lane-wise chains (ggml_vec_dot_f16's four 16-lane
 //   accumulators, or the tinyBLAS chain of two 8-lane halves), and the final horizontal sum
 //   of eight keys is done at once by transposing shuffles that add the same pairs in the same
@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -50,13 +51,15 @@ inline __m256 load_h8(const uint16_t* p) {
 }
 
 // Where an item's key or value rows are read: converted to f32 and gathered (F32Rows: position
-// k's row at base + (k - k0) * stride + off), or in the fp16 cache itself through a table of
-// row pointers (F16Rows: rows[k - k0] + off). off selects the KV head.
+// k's row at base + (k - k0) * stride + off, the rows holding KV heads head0 ..), or in the fp16
+// cache itself through a table of row pointers (F16Rows: rows[k - k0] + off, whole cache rows,
+// head0 = 0). off selects the KV head.
 struct F32Rows {
   const float* base;
   int64_t stride;
   int32_t k0;
   int64_t off;
+  int head0;
   const float* row(int32_t k) const { return base + static_cast<int64_t>(k - k0) * stride + off; }
   static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
 };
@@ -64,6 +67,7 @@ struct F16Rows {
   const uint16_t* const* rows;
   int32_t k0;
   int64_t off;
+  int head0;
   const uint16_t* row(int32_t k) const { return rows[k - k0] + off; }
   static __m256 load(const uint16_t* p) { return load_h8(p); }
 };
@@ -265,19 +269,27 @@ void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, 
   }
 }
 
-// Rows [k_lo, k_lo + n) of one layer's cache (every KV head: a block's slots are contiguous, so
-// the reads stream), converted to f32 at dst (row stride `width`).
-void gather_rows(const uint16_t* cache, int64_t width, const AttnSequence& sq, int block_size,
-                 int32_t k_lo, int32_t n, float* dst) {
-  for (int32_t j = 0; j < n;) {
-    const int32_t kp = k_lo + j;
-    const int32_t run = std::min(n - j, block_size - kp % block_size);  // slots left in the block
-    const uint16_t* src =
-        cache + cache_slot(sq.block_table, block_size, kp) * width;
-    float* d = dst + static_cast<int64_t>(j) * width;
-    const int64_t count = run * width;
-    for (int64_t e = 0; e < count; e += 8) _mm256_storeu_ps(d + e, load_h8(src + e));
-    j += run;
+// Values first .. first + n_vals of rows [k_lo, k_lo + n) of one layer's cache (type t, rows of
+// width values), converted to f32 at dst (row stride n_vals): Q8_0 as d * q, exact in float.
+void gather_rows(const void* cache, KvType t, int64_t width, int64_t first, int64_t n_vals, const AttnSequence& sq,
+                 int block_size, int32_t k_lo, int32_t n, float* dst) {
+  for (int32_t j = 0; j < n; ++j) {
+    const uint8_t* src = kv_at(cache, t, width, cache_slot(sq.block_table, block_size, k_lo + j), first);
+    float* d = dst + static_cast<int64_t>(j) * n_vals;
+    if (t == KvType::kF16) {
+      const auto* h = reinterpret_cast<const uint16_t*>(src);
+      for (int64_t e = 0; e < n_vals; e += 8) _mm256_storeu_ps(d + e, load_h8(h + e));
+      continue;
+    }
+    for (int64_t e = 0; e < n_vals; e += 32, src += 34) {
+      uint16_t dh;
+      std::memcpy(&dh, src, 2);
+      const __m256 scale = _mm256_set1_ps(_cvtsh_ss(dh));
+      for (int i = 0; i < 32; i += 8) {
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 2 + i)));
+        _mm256_storeu_ps(d + e + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
+      }
+    }
   }
 }
 
@@ -326,8 +338,8 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
       const float** prow = prows.data();
       float** orow = orows.data();
       Rows kh = kr, vh = vr;
-      kh.off = static_cast<int64_t>(kvh) * dk;
-      vh.off = static_cast<int64_t>(kvh) * dv;
+      kh.off = static_cast<int64_t>(kvh - kr.head0) * dk;
+      vh.off = static_cast<int64_t>(kvh - vr.head0) * dv;
       for (int t = 0; t < nq; ++t) {
         const int32_t pos = sq.pos0 + q0 + t;
         const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
@@ -424,8 +436,9 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
 
 
 // One work item covers a range of KV heads of its sequence (usually all of them). A chunk of
-// queries reads each key many times: its rows are converted to f32 once, whole. One query
-// (a decode step) reads each key once per pass: it reads the fp16 cache in place.
+// queries reads each key many times: its rows (the item's KV heads) are converted to f32 once.
+// One query (a decode step) reads each key once per pass: it reads an fp16 cache in place, and
+// converts a Q8_0 one first like a chunk.
 void attend_simd(const AttnArgs& a, const AttnItem& w) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
@@ -442,23 +455,27 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
     zeros.resize(static_cast<size_t>(kw));  // never written: new elements are zeros
     krows.resize(static_cast<size_t>(n_keys + 8));
     vrows.resize(static_cast<size_t>(n_keys));
+    const auto* kc = static_cast<const uint16_t*>(a.k_cache);
+    const auto* vc = static_cast<const uint16_t*>(a.v_cache);
     for (int32_t j = 0; j < n_keys; ++j) {
       const int32_t kp = k_lo + j;
       const int64_t slot = cache_slot(sq.block_table, p.block_size, kp);
-      krows[static_cast<size_t>(j)] = a.k_cache + slot * kw;
-      vrows[static_cast<size_t>(j)] = a.v_cache + slot * vw;
+      krows[static_cast<size_t>(j)] = kc + slot * kw;
+      vrows[static_cast<size_t>(j)] = vc + slot * vw;
     }
     for (int j = 0; j < 8; ++j) krows[static_cast<size_t>(n_keys + j)] = zeros.data();
-    attend_rows(a, w, F16Rows{krows.data(), k_lo, 0}, F16Rows{vrows.data(), k_lo, 0});
+    attend_rows(a, w, F16Rows{krows.data(), k_lo, 0, 0}, F16Rows{vrows.data(), k_lo, 0, 0});
     return;
   }
+  const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
+  const int64_t ik = static_cast<int64_t>(h1 - h0) * dk, iv = static_cast<int64_t>(h1 - h0) * dv;
   thread_local std::vector<float> keys, vals;
-  keys.resize(static_cast<size_t>((n_keys + 8) * kw));
-  std::fill(keys.begin() + static_cast<int64_t>(n_keys) * kw, keys.end(), 0.0f);
-  vals.resize(static_cast<size_t>(n_keys * vw));
-  gather_rows(a.k_cache, kw, sq, p.block_size, k_lo, n_keys, keys.data());
-  gather_rows(a.v_cache, vw, sq, p.block_size, k_lo, n_keys, vals.data());
-  attend_rows(a, w, F32Rows{keys.data(), kw, k_lo, 0}, F32Rows{vals.data(), vw, k_lo, 0});
+  keys.resize(static_cast<size_t>((n_keys + 8) * ik));
+  std::fill(keys.begin() + static_cast<int64_t>(n_keys) * ik, keys.end(), 0.0f);
+  vals.resize(static_cast<size_t>(n_keys * iv));
+  gather_rows(a.k_cache, p.k_type, kw, static_cast<int64_t>(h0) * dk, ik, sq, p.block_size, k_lo, n_keys, keys.data());
+  gather_rows(a.v_cache, p.v_type, vw, static_cast<int64_t>(h0) * dv, iv, sq, p.block_size, k_lo, n_keys, vals.data());
+  attend_rows(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
 }
 
 }  // namespace
