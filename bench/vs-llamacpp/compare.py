@@ -35,7 +35,9 @@ def run_json(cmd: list[str]) -> list[dict]:
 
 
 def test_name(row: dict) -> str:
-    return f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+    name = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+    depth = row.get("n_depth", 0)
+    return f"{name}@d{depth}" if depth else name
 
 
 def main() -> int:
@@ -44,6 +46,7 @@ def main() -> int:
     ap.add_argument("-t", "--threads", default="2", help="thread counts, comma-separated (default 2)")
     ap.add_argument("-p", "--n-prompt", default="512")
     ap.add_argument("-n", "--n-gen", default="128")
+    ap.add_argument("-d", "--n-depth", default="0", help="context depths, comma-separated (llama-bench's -d)")
     ap.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions per tool (interleaved)")
     ap.add_argument("--fennec", default=str(REPO / "build" / "fennec"))
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH"))
@@ -55,7 +58,7 @@ def main() -> int:
     meta: dict[tuple, str] = {}
     for model in a.model.split(","):
         for t in a.threads.split(","):
-            common = ["-m", model, "-t", t, "-p", a.n_prompt, "-n", a.n_gen, "-r", "1"]
+            common = ["-m", model, "-t", t, "-p", a.n_prompt, "-n", a.n_gen, "-d", a.n_depth, "-r", "1"]
             for rep in range(a.repetitions):
                 for tool in ("fennec", "llama.cpp"):
                     if tool == "fennec":
@@ -68,14 +71,14 @@ def main() -> int:
                         if tool == "llama.cpp":
                             meta[key] = row.get("model_type", "")
                 print(f"  {Path(model).name} t={t}: repetition {rep + 1}/{a.repetitions} done", file=sys.stderr)
-    print(f"| {'model':<36} | {'threads':>7} | {'test':>6} | {'fennec t/s':>16} | {'llama.cpp t/s':>16} | {'ratio':>6} |")
-    print(f"| {'-' * 36} | {'-' * 7}: | {'-' * 6}: | {'-' * 16}: | {'-' * 16}: | {'-' * 6}: |")
+    print(f"| {'model':<36} | {'threads':>7} | {'test':>11} | {'fennec t/s':>16} | {'llama.cpp t/s':>16} | {'ratio':>6} |")
+    print(f"| {'-' * 36} | {'-' * 7}: | {'-' * 11}: | {'-' * 16}: | {'-' * 16}: | {'-' * 6}: |")
     for key, v in results.items():
         f, l = v["fennec"], v["llama.cpp"]
         fm, lm = statistics.mean(f), statistics.mean(l)
         fs = statistics.stdev(f) if len(f) > 1 else 0.0
         ls = statistics.stdev(l) if len(l) > 1 else 0.0
-        print(f"| {key[0]:<36} | {key[1]:>7} | {key[2]:>6} | {fm:>8.2f} ± {fs:>5.2f} | {lm:>8.2f} ± {ls:>5.2f} | {fm / lm:>6.2f} |")
+        print(f"| {key[0]:<36} | {key[1]:>7} | {key[2]:>11} | {fm:>8.2f} ± {fs:>5.2f} | {lm:>8.2f} ± {ls:>5.2f} | {fm / lm:>6.2f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(
             [{"model": k[0], "threads": k[1], "test": k[2], "llama_model_type": meta.get(k, ""), **v}

@@ -28,35 +28,54 @@ Expected<int64_t> run_once(LoadedModel& lm, ThreadPool& pool, const BenchTest& t
   const int bs = lm.kv().shape().block_size;
   std::uniform_int_distribution<int32_t> tok(0, n_vocab - 1);
   std::vector<float> logits;
+  const int d = t.n_depth;
+  // Positions 0 .. d-1 of a sequence (block table `table`): random tokens, n_batch per pass.
+  auto fill = [&](const std::vector<int32_t>& table, int32_t first) -> Status {
+    std::vector<int32_t> prompt(static_cast<size_t>(d));
+    for (auto& x : prompt) x = tok(rng);
+    if (d > 0 && first >= 0) prompt[0] = first;
+    for (int p = 0; p < d; p += t.n_batch) {
+      const int n = std::min(t.n_batch, d - p);
+      model::Batch batch;
+      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), p, table);
+      if (auto s = model.forward(batch, lm.kv(), pool, logits); !s) return s;
+    }
+    return {};
+  };
   if (t.n_prompt > 0) {
-    const int64_t nb = blocks_for(t.n_prompt, bs);
+    const int64_t nb = blocks_for(d + t.n_prompt, bs);
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t b = 0; b < nb; ++b) table[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+    if (auto s = fill(table, -1); !s) return s.error();
     std::vector<int32_t> prompt(static_cast<size_t>(t.n_prompt));
     for (auto& x : prompt) x = tok(rng);
     const auto t0 = Clock::now();
     for (int p = 0; p < t.n_prompt; p += t.n_batch) {
       const int n = std::min(t.n_batch, t.n_prompt - p);
       model::Batch batch;
-      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), p, table);
+      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), d + p, table);
       if (auto s = model.forward(batch, lm.kv(), pool, logits); !s) return s.error();
     }
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
   }
   const int n_gen = n_gen_override >= 0 ? n_gen_override : t.n_gen;
   const int np = t.n_parallel;
-  const int64_t nb = blocks_for(std::max(n_gen, 1), bs);
+  const int64_t nb = blocks_for(d + std::max(n_gen, 1), bs);
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(np));
   for (int s = 0; s < np; ++s)
     for (int64_t b = 0; b < nb; ++b) tables[static_cast<size_t>(s)].push_back(static_cast<int32_t>(s * nb + b));
   const int32_t bos = lm.tokenizer().bos_id();
+  const int32_t first = lm.tokenizer().add_bos() && bos >= 0 ? bos : -1;
   std::vector<int32_t> cur(static_cast<size_t>(np));
-  for (auto& x : cur) x = lm.tokenizer().add_bos() && bos >= 0 ? bos : tok(rng);
+  for (int s = 0; s < np; ++s) {
+    if (auto st = fill(tables[static_cast<size_t>(s)], first); !st) return st.error();
+    cur[static_cast<size_t>(s)] = d == 0 && first >= 0 ? first : tok(rng);
+  }
   const auto t0 = Clock::now();
   for (int i = 0; i < n_gen; ++i) {
     model::Batch batch;
     for (int s = 0; s < np; ++s)
-      batch.add(std::span<const int32_t>(&cur[static_cast<size_t>(s)], 1), i, tables[static_cast<size_t>(s)]);
+      batch.add(std::span<const int32_t>(&cur[static_cast<size_t>(s)], 1), d + i, tables[static_cast<size_t>(s)]);
     if (auto st = model.forward(batch, lm.kv(), pool, logits); !st) return st.error();
     for (auto& x : cur) x = tok(rng);
   }
@@ -81,8 +100,9 @@ Expected<BenchSamples> run_bench(LoadedModel& lm, ThreadPool& pool, const BenchT
   if (t.n_parallel < 1 || t.n_batch < 1 || reps < 1)
     return make_error("bench: parallel, batch and repetitions must be at least 1");
   const int bs = lm.kv().shape().block_size;
-  const int64_t need = t.n_prompt > 0 ? blocks_for(t.n_prompt, bs)
-                                      : blocks_for(t.n_gen, bs) * t.n_parallel;
+  if (t.n_depth < 0) return make_error("bench: depth must not be negative");
+  const int64_t need = t.n_prompt > 0 ? blocks_for(t.n_depth + t.n_prompt, bs)
+                                      : blocks_for(t.n_depth + t.n_gen, bs) * t.n_parallel;
   if (need > lm.kv().n_blocks())
     return make_error("bench: the test needs " + std::to_string(need * bs) +
                       " KV slots but the cache holds " + std::to_string(lm.kv().n_blocks() * bs));

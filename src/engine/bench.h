@@ -17,6 +17,7 @@ struct BenchTest {
   int n_gen = 0;       // tg test: n_gen steps of one new token per sequence
   int n_parallel = 1;  // tg: sequences decoded together in each step (1 = llama-bench's tg)
   int n_batch = 2048;  // pp: tokens per forward pass
+  int n_depth = 0;     // tokens each sequence already holds, evaluated untimed first (llama-bench's -d)
 };
 
 struct BenchSamples {
@@ -25,7 +26,8 @@ struct BenchSamples {
   double avg_ns = 0, stddev_ns = 0, avg_ts = 0, stddev_ts = 0;
 };
 
-// Runs one warm-up pass, then `reps` timed repetitions, each from an empty KV cache. Tokens are
+// Runs one warm-up pass, then `reps` timed repetitions, each from an empty KV cache (then, with
+// n_depth, filled with n_depth tokens, untimed). Tokens are
 // random (fixed seed), as llama-bench's; a tg test starts from BOS when the model adds one.
 Expected<BenchSamples> run_bench(LoadedModel& lm, ThreadPool& pool, const BenchTest& test, int reps);
 

@@ -157,6 +157,24 @@ def test_bench_table_layout(fennec):
     assert re.search(r"decode roofline .* = [0-9]+% of it", r.stdout)
 
 
+def test_bench_depth_and_kv_type_as_llama_bench_names_them(fennec):
+    """-d (llama-bench's depth: tokens already in the context, untimed) gives each test once per
+    depth, named "pp16 @ d64" in the table and n_depth in JSON; -ctk/-ctv show as type_k/type_v."""
+    args = [fennec, "bench", "-m", str(SMOL), "-p", "16", "-n", "4", "-d", "0,64", "-r", "1", "-t", "1",
+            "--no-bandwidth", "-ctk", "q8_0"]
+    r = run(args + ["--json"])
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"], x["n_depth"]) for x in rows] == [(16, 0, 0), (0, 4, 0), (16, 0, 64), (0, 4, 64)]
+    assert all(x["type_k"] == "q8_0" and x["type_v"] == "f16" for x in rows)
+    t = run(args)
+    assert t.returncode == 0, t.stderr
+    names = [[c.strip() for c in line.split("|")[1:-1]][5] for line in t.stdout.splitlines()[2:6]]
+    assert names == ["pp16", "tg4", "pp16 @ d64", "tg4 @ d64"]
+    bad = run([fennec, "bench", "-m", str(SMOL), "-p", "16", "-n", "0", "-d", "-5", "--no-bandwidth"])
+    assert bad.returncode != 0 and "-d" in bad.stderr
+
+
 def test_q8_0_kv_cache_halves_the_cache_and_still_answers(fennec):
     """-ctk/-ctv q8_0 (llama.cpp's flags): the cache takes 34 bytes per 32 values instead of 64, and
     a greedy answer still begins like llama.cpp's f16 one (the logits against llama.cpp's own q8_0

@@ -46,6 +46,7 @@ struct Row {
 std::string test_name(const engine::BenchTest& t) {
   std::string n = t.n_prompt > 0 ? "pp" + std::to_string(t.n_prompt) : "tg" + std::to_string(t.n_gen);
   if (t.n_gen > 0 && t.n_parallel > 1) n += "x" + std::to_string(t.n_parallel);
+  if (t.n_depth > 0) n += " @ d" + std::to_string(t.n_depth);  // llama-bench's name
   return n;
 }
 
@@ -55,7 +56,7 @@ void add_bench_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "bench", "prompt and generation speed (llama-bench's tests and output), memory bandwidth, roofline");
   static std::vector<std::string> models;
-  static std::vector<int> prompts{512}, gens{128}, threads, parallels{1};
+  static std::vector<int> prompts{512}, gens{128}, threads, parallels{1}, depths{0};
   static int reps = 5, n_batch = 2048;
   static std::string output = "md";
   static bool json = false, no_bw = false;
@@ -67,6 +68,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-p,--n-prompt", prompts, "prompt lengths (default 512; 0: none)")->delimiter(',');
   cmd->add_option("-n,--n-gen", gens, "tokens to generate (default 128; 0: none)")->delimiter(',');
   cmd->add_option("-t,--threads", threads, "thread counts (default: all cores)")->delimiter(',');
+  cmd->add_option("-d,--n-depth", depths,
+                  "tokens already in the context before each test, evaluated untimed (default 0)")
+      ->delimiter(',');
   cmd->add_option("-r,--repetitions", reps, "timed repetitions per test (default 5)");
   cmd->add_option("-b,--batch-size", n_batch, "prompt tokens per forward pass (default 2048)");
   cmd->add_option("--parallel", parallels,
@@ -95,18 +99,24 @@ void add_bench_command(CLI::App& app) {
     }
     if (threads.empty()) threads.push_back(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     std::vector<engine::BenchTest> tests;
-    for (int p : prompts)
-      if (p > 0) tests.push_back({p, 0, 1, n_batch});
-    for (int n : gens)
-      if (n > 0)
-        for (int np : parallels) tests.push_back({0, n, np, n_batch});
+    for (int d : depths) {
+      if (d < 0) {
+        std::fprintf(stderr, "fennec bench: -d must not be negative\n");
+        return set_exit_code(2);
+      }
+      for (int p : prompts)
+        if (p > 0) tests.push_back({p, 0, 1, n_batch, d});
+      for (int n : gens)
+        if (n > 0)
+          for (int np : parallels) tests.push_back({0, n, np, n_batch, d});
+    }
     if (tests.empty()) {
       std::fprintf(stderr, "fennec bench: no test (-p and -n are all 0)\n");
       return set_exit_code(2);
     }
     int max_ctx = 16, max_par = 1;
     for (const auto& t : tests) {
-      max_ctx = std::max({max_ctx, t.n_prompt, t.n_gen});
+      max_ctx = std::max({max_ctx, t.n_depth + t.n_prompt, t.n_depth + t.n_gen});
       max_par = std::max(max_par, t.n_parallel);
     }
     const bool md = output == "md";
@@ -258,7 +268,7 @@ void add_bench_command(CLI::App& app) {
       j["embeddings"] = false;
       j["n_prompt"] = r.test.n_prompt;
       j["n_gen"] = r.test.n_gen;
-      j["n_depth"] = 0;
+      j["n_depth"] = r.test.n_depth;
       j["n_parallel"] = r.test.n_parallel;
       j["test_time"] = iso_time();
       j["avg_ns"] = static_cast<int64_t>(r.s.avg_ns);
