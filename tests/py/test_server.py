@@ -5,10 +5,12 @@ llama.cpp's (tests/fixtures/reference/greedy_smollm2-135m.json); schemas are che
 `jsonschema` package."""
 import asyncio
 import json
+import os
 import signal
 import socket
 import time
 
+import gguf
 import jsonschema
 import openai
 import pytest
@@ -402,3 +404,33 @@ def test_1000_concurrent_streams_each_get_their_own_answer(server, model_id):
     assert not bad, [(i, results[i], expected[i]) for i in bad[:3]]
     assert len({next(iter(ids)) for _, ids, _ in results}) == n  # every response its own id
     print(f"1000 concurrent streams completed in {wall:.1f} s")
+
+
+def test_q8_0_kv_cache_serves_batched_answers_equal_to_alone(fennec):
+    """FENNEC_CACHE_TYPE_K/V=q8_0: the same --kv-mem holds 64/34 as many tokens (the ready line
+    says how many; the expected count comes from the gguf package's shapes), and answers decoded
+    eight at a time equal each answer decoded alone (a sequence's numbers never depend on what
+    shares its step)."""
+    env = dict(os.environ, FENNEC_CACHE_TYPE_K="q8_0", FENNEC_CACHE_TYPE_V="q8_0")
+    s = Server(SMOL, "--ctx", "512", "--kv-mem", "64M", "-q", env=env)
+    try:
+        ready = next(line for line in s.log if "ready:" in line)
+        assert "K q8_0, V q8_0" in ready, ready
+        reader = gguf.GGUFReader(str(SMOL))
+        field = lambda k: int(reader.fields[k].parts[-1][0])
+        n_layers, n_kv = field("llama.block_count"), field("llama.attention.head_count_kv")
+        head = field("llama.embedding_length") // field("llama.attention.head_count")
+        per_block = 16 * n_layers * n_kv * 2 * (head // 32 * 34)
+        assert f"KV cache {(64 << 20) // per_block * 16} tokens" in ready, ready
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="none", max_retries=0)
+        prompts = [f"Name a fruit that starts with the letter {ch}." for ch in "ABCDEFGH"]
+        alone = [c.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", max_tokens=16, temperature=0,
+                                           messages=[{"role": "user", "content": p}]).choices[0].message.content
+                 for p in prompts]
+
+        async def all_streams():
+            return await asyncio.gather(*[_stream_chat(s.port, p, 16) for p in prompts])
+
+        assert asyncio.run(all_streams()) == alone
+    finally:
+        s.stop()
