@@ -194,15 +194,19 @@ inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float
 
 // One tile of the weighted values: NR rows (weights w[row], indexed by key position) times NV*8
 // value dimensions from e, over key positions k0 .. k1 of the value rows vr. Each slot's chain
-// is left in slots[(r * NR + row) * NV * 8 ...].
+// is kept in slots[(r * NR + row) * NV * 8 ...]: it starts at +0 when `first`, else it goes on
+// from what the previous key range left there (ranges taken in ascending order keep each
+// chain's order).
 template <int R, int NR, int NV, class Rows>
-void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* slots) {
+void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* slots, bool first) {
   for (int r = 0; r < R; ++r) {
-    const int32_t first = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
+    const int32_t start = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
+    float* s = slots + static_cast<int64_t>(r) * NR * NV * 8;
+    if (start > k1 && !first) continue;  // nothing to add: the chain stays as it is
     __m256 acc[NR][NV];
     for (int i = 0; i < NR; ++i)
-      for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_setzero_ps();
-    for (int32_t k = first; k <= k1; k += R) {
+      for (int n = 0; n < NV; ++n) acc[i][n] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + (i * NV + n) * 8);
+    for (int32_t k = start; k <= k1; k += R) {
       const auto* vk = vr.row(k) + e;
       __m256 vv[NV];
       for (int n = 0; n < NV; ++n) vv[n] = Rows::load(vk + 8 * n);
@@ -211,7 +215,6 @@ void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int
         for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
       }
     }
-    float* s = slots + static_cast<int64_t>(r) * NR * NV * 8;
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) _mm256_storeu_ps(s + (i * NV + n) * 8, acc[i][n]);
   }
@@ -239,33 +242,46 @@ void pv_combine(const float* slots, float* const* out, int e) {
     }
 }
 
+// Floats of slot state one tile keeps per block of kPvWidth * 8 value dimensions (the last,
+// narrower block of a head size that is not a multiple of it uses the start of its share).
+constexpr int64_t kSlotFloats = int64_t{64} * kPvRows * 8 * kPvWidth;
+
+// The slots of every block of value dimensions of a tile over key positions k0 .. k1
+// (state: dv / 8 / kPvWidth rounded up shares of kSlotFloats), and when `last` their sums into
+// out[row][..].
 template <int R, int NR, class Rows>
-void pv_rows(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int dv, float* slots,
-             float* const* out) {
+void pv_rows(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int dv, float* state, bool first,
+             bool last, float* const* out) {
   int e = 0;
-  for (; e + 8 * kPvWidth <= dv; e += 8 * kPvWidth) {
-    pv_slots<R, NR, kPvWidth>(w, k0, k1, vr, e, slots);
-    pv_combine<R, NR, kPvWidth>(slots, out, e);
+  for (; e + 8 * kPvWidth <= dv; e += 8 * kPvWidth, state += kSlotFloats) {
+    pv_slots<R, NR, kPvWidth>(w, k0, k1, vr, e, state, first);
+    if (last) pv_combine<R, NR, kPvWidth>(state, out, e);
   }
-  for (; e < dv; e += 8) {
-    pv_slots<R, NR, 1>(w, k0, k1, vr, e, slots);
-    pv_combine<R, NR, 1>(slots, out, e);
+  for (; e < dv; e += 8, state += kSlotFloats) {
+    pv_slots<R, NR, 1>(w, k0, k1, vr, e, state, first);
+    if (last) pv_combine<R, NR, 1>(state, out, e);
   }
+}
+
+// Slot-state floats of one tile for head size dv (what pv_rows walks through).
+inline int64_t tile_state_floats(int dv) {
+  return ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8) * kSlotFloats;
 }
 
 // out[row][e] for n_rows <= kPvRows rows: the f16 dot of the weights w[row] over key positions
 // k0 .. k1 with value dimension e, in the lane order of ggml_vec_dot_f16 (R = 64) or of the
-// tinyBLAS chain (R = 16).
+// tinyBLAS chain (R = 16), taken over key ranges in ascending order: `first` starts the chains,
+// `last` writes the sums.
 template <int R, class Rows>
 void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, const Rows& vr, int dv,
-                     float* slots, float* const* out) {
+                     float* state, bool first, bool last, float* const* out) {
   switch (n_rows) {
-    case 1: return pv_rows<R, 1>(w, k0, k1, vr, dv, slots, out);
-    case 2: return pv_rows<R, 2>(w, k0, k1, vr, dv, slots, out);
-    case 3: return pv_rows<R, 3>(w, k0, k1, vr, dv, slots, out);
-    case 4: return pv_rows<R, 4>(w, k0, k1, vr, dv, slots, out);
-    case 5: return pv_rows<R, 5>(w, k0, k1, vr, dv, slots, out);
-    default: return pv_rows<R, 6>(w, k0, k1, vr, dv, slots, out);
+    case 1: return pv_rows<R, 1>(w, k0, k1, vr, dv, state, first, last, out);
+    case 2: return pv_rows<R, 2>(w, k0, k1, vr, dv, state, first, last, out);
+    case 3: return pv_rows<R, 3>(w, k0, k1, vr, dv, state, first, last, out);
+    case 4: return pv_rows<R, 4>(w, k0, k1, vr, dv, state, first, last, out);
+    case 5: return pv_rows<R, 5>(w, k0, k1, vr, dv, state, first, last, out);
+    default: return pv_rows<R, 6>(w, k0, k1, vr, dv, state, first, last, out);
   }
 }
 
@@ -301,9 +317,19 @@ void qk_dispatch(const float* const* q, const Rows& kr, int dk, int32_t lo, int3
     qk_scores<kChain, NQ, 0>(q, kr, dk, lo, hi, scores);
 }
 
+// Keys per block of the q.k phase (32 KB of f32 keys at head size 64: an L1's worth, read by
+// every row of the pass while it is there), and per block of the weighted values (those
+// rows' tiles share each block of values from L2).
+constexpr int32_t kQkBlock = 128;
+constexpr int32_t kPvBlock = 512;
+// The scores and weights of one pass (8 bytes per row and key) stay within this: a chunk of
+// queries then takes one or two passes over the keys and values instead of one per query.
+constexpr int64_t kPassBytes = int64_t{4} << 20;
+
 // The passes of one work item over its key rows kr and value rows vr (F32Rows or F16Rows with
-// off 0; each KV head adds its own offset). Queries are taken kPvRows / group at a time, so that
-// their heads of one KV head fill a weighted-values tile.
+// off 0; each KV head adds its own offset). A pass takes as many queries as kPassBytes allows
+// (a decode step: its one query) and, per KV head, computes all its rows' scores key block by
+// key block, their softmax, then their weighted values tile by tile, value block by value block.
 template <class Rows>
 void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   const AttnParams& p = *a.p;
@@ -314,9 +340,14 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   const bool batched = chain || dk % 64 == 0;
   const int32_t last_pos = sq.pos0 + w.q_end - 1;
   const int64_t n_row = round_up(last_pos + 1, 16) + 8;  // + the 8-key steps' overhang
-  const int per_pass = std::max(1, kPvRows / group);      // queries per pass
+  const int n_q = w.q_end - w.q_begin;
+  const int max_pass = static_cast<int>(std::clamp<int64_t>(kPassBytes / (8 * group * n_row), 1, n_q));
+  const int n_passes = (n_q + max_pass - 1) / max_pass;
+  const int per_pass = (n_q + n_passes - 1) / n_passes;  // queries per pass, balanced
   const int rows = per_pass * group;
-  thread_local std::vector<float> scores, probs, qh, slots;
+  const int max_tiles = (rows + kPvRows - 1) / kPvRows;
+  const int64_t tile_state = tile_state_floats(dv);
+  thread_local std::vector<float> scores, probs, qh, state;
   thread_local std::vector<const float*> qrows, prows;
   thread_local std::vector<float*> srows, orows;
   qrows.resize(static_cast<size_t>(rows));
@@ -326,11 +357,12 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   scores.resize(static_cast<size_t>(rows * n_row));
   probs.resize(static_cast<size_t>(rows * n_row));
   qh.resize(static_cast<size_t>(rows * dk));
-  slots.resize(static_cast<size_t>(64 * kPvRows * 8 * kPvWidth));
+  state.resize(static_cast<size_t>(max_tiles * tile_state));
   const __m256 vscale = _mm256_set1_ps(p.scale);
+  auto window_lo = [&](int32_t pos) { return p.window > 0 ? std::max(0, pos - p.window + 1) : 0; };
   for (int32_t q0 = w.q_begin; q0 < w.q_end; q0 += per_pass) {
     const int nq = std::min<int>(per_pass, w.q_end - q0);
-    const int32_t pass_lo = p.window > 0 ? std::max(0, sq.pos0 + q0 - p.window + 1) : 0;
+    const int32_t pass_lo = window_lo(sq.pos0 + q0);
     const int32_t pass_hi = sq.pos0 + q0 + nq - 1;
     for (int kvh = w.kv_head; kvh < (w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads); ++kvh) {
       const float** qrow = qrows.data();
@@ -340,11 +372,8 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
       Rows kh = kr, vh = vr;
       kh.off = static_cast<int64_t>(kvh - kr.head0) * dk;
       vh.off = static_cast<int64_t>(kvh - vr.head0) * dv;
+      // The rows: query t's heads of this KV head, its q rounded to fp16.
       for (int t = 0; t < nq; ++t) {
-        const int32_t pos = sq.pos0 + q0 + t;
-        const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
-        const int64_t m = round_up(pos + 1, 16);
-        const int64_t lo16 = lo / 16 * 16;
         const int64_t row = sq.row + q0 + t;
         for (int g = 0; g < group; ++g) {
           const int i = t * group + g;
@@ -358,30 +387,46 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
           prow[i] = probs.data() + static_cast<int64_t>(i) * n_row;
           orow[i] = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
         }
-        const float* const* qt = qrow + t * group;
-        float* const* st = srow + t * group;
-        if (!batched) {  // ggml order with a head size that is not a multiple of 64
-          if constexpr (std::is_same_v<Rows, F32Rows>) {
-            for (int g = 0; g < group; ++g)
-              for (int32_t j = lo; j <= pos; ++j) st[g][j] = dot_ggml(qt[g], kh.row(j), dk);
+      }
+      // Scores, a block of keys at a time for every row (each score is its own dot: the order
+      // of blocks and rows changes no bit).
+      for (int32_t b0 = pass_lo / 8 * 8; b0 <= pass_hi; b0 += kQkBlock) {
+        const int32_t b1 = b0 + kQkBlock - 1;
+        for (int t = 0; t < nq; ++t) {
+          const int32_t pos = sq.pos0 + q0 + t;
+          const int32_t j0 = std::max(window_lo(pos), b0), j1 = std::min(pos, b1);
+          if (j0 > j1) continue;
+          const float* const* qt = qrow + t * group;
+          float* const* st = srow + t * group;
+          if (!batched) {  // ggml order with a head size that is not a multiple of 64
+            if constexpr (std::is_same_v<Rows, F32Rows>) {
+              for (int g = 0; g < group; ++g)
+                for (int32_t j = j0; j <= j1; ++j) st[g][j] = dot_ggml(qt[g], kh.row(j), dk);
+            }
+            continue;
           }
-        } else {
           int g = 0;
           for (; g + kQkRows <= group; g += kQkRows) {
             if (chain)
-              qk_dispatch<true, kQkRows>(qt + g, kh, dk, lo, pos, st + g);
+              qk_dispatch<true, kQkRows>(qt + g, kh, dk, j0, j1, st + g);
             else
-              qk_dispatch<false, kQkRows>(qt + g, kh, dk, lo, pos, st + g);
+              qk_dispatch<false, kQkRows>(qt + g, kh, dk, j0, j1, st + g);
           }
           for (; g < group; ++g) {
             if (chain)
-              qk_dispatch<true, 1>(qt + g, kh, dk, lo, pos, st + g);
+              qk_dispatch<true, 1>(qt + g, kh, dk, j0, j1, st + g);
             else
-              qk_dispatch<false, 1>(qt + g, kh, dk, lo, pos, st + g);
+              qk_dispatch<false, 1>(qt + g, kh, dk, j0, j1, st + g);
           }
         }
+      }
+      for (int t = 0; t < nq; ++t) {
+        const int32_t pos = sq.pos0 + q0 + t;
+        const int32_t lo = window_lo(pos);
+        const int64_t m = round_up(pos + 1, 16);
+        const int64_t lo16 = lo / 16 * 16;
         for (int g = 0; g < group; ++g) {
-          float* sc = st[g];
+          float* sc = srow[t * group + g];
           float* pr = probs.data() + static_cast<int64_t>(t * group + g) * n_row;
           for (int64_t j = lo16; j < lo; ++j) sc[j] = -INFINITY;
           for (int64_t j = pos + 1; j < m; ++j) sc[j] = -INFINITY;
@@ -420,15 +465,23 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
           for (int64_t j = m; j <= pass_hi; ++j) pr[j] = 0.0f;
         }
       }
+      // Weighted values: with several tiles, a block of values at a time for every tile (each
+      // slot's chain then runs over the blocks in order: the same bits); one tile takes the
+      // whole range at once.
       const int n_rows = nq * group;
       const int n_tiles = (n_rows + kPvRows - 1) / kPvRows;
-      for (int r0 = 0, tile = 0; tile < n_tiles; ++tile) {
-        const int r1 = n_rows * (tile + 1) / n_tiles;
-        if (chain)
-          weighted_values<16>(prow + r0, r1 - r0, pass_lo, pass_hi, vh, dv, slots.data(), orow + r0);
-        else
-          weighted_values<64>(prow + r0, r1 - r0, pass_lo, pass_hi, vh, dv, slots.data(), orow + r0);
-        r0 = r1;
+      const int32_t block = n_tiles > 1 ? kPvBlock : pass_hi - pass_lo + 1;
+      for (int32_t c0 = pass_lo; c0 <= pass_hi; c0 += block) {
+        const int32_t c1 = std::min(pass_hi, c0 + block - 1);
+        for (int r0 = 0, tile = 0; tile < n_tiles; ++tile) {
+          const int r1 = n_rows * (tile + 1) / n_tiles;
+          float* st = state.data() + tile * tile_state;
+          if (chain)
+            weighted_values<16>(prow + r0, r1 - r0, c0, c1, vh, dv, st, c0 == pass_lo, c1 == pass_hi, orow + r0);
+          else
+            weighted_values<64>(prow + r0, r1 - r0, c0, c1, vh, dv, st, c0 == pass_lo, c1 == pass_hi, orow + r0);
+          r0 = r1;
+        }
       }
     }
   }
