@@ -29,33 +29,36 @@ Expected<int64_t> run_once(LoadedModel& lm, ThreadPool& pool, const BenchTest& t
   std::uniform_int_distribution<int32_t> tok(0, n_vocab - 1);
   std::vector<float> logits;
   const int d = t.n_depth;
-  // Positions 0 .. d-1 of a sequence (block table `table`): random tokens, n_batch per pass.
-  auto fill = [&](const std::vector<int32_t>& table, int32_t first) -> Status {
-    std::vector<int32_t> prompt(static_cast<size_t>(d));
-    for (auto& x : prompt) x = tok(rng);
-    if (d > 0 && first >= 0) prompt[0] = first;
-    for (int p = 0; p < d; p += t.n_batch) {
-      const int n = std::min(t.n_batch, d - p);
+  // Tokens at positions pos0 .. of a sequence (block table `table`), n_batch per forward pass.
+  auto eval = [&](const std::vector<int32_t>& tokens, int pos0, const std::vector<int32_t>& table) -> Status {
+    const int n_tokens = static_cast<int>(tokens.size());
+    for (int p = 0; p < n_tokens; p += t.n_batch) {
+      const int n = std::min(t.n_batch, n_tokens - p);
       model::Batch batch;
-      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), p, table);
+      batch.add(std::span<const int32_t>(tokens.data() + p, static_cast<size_t>(n)), pos0 + p, table);
       if (auto s = model.forward(batch, lm.kv(), pool, logits); !s) return s;
     }
     return {};
+  };
+  auto random_tokens = [&](int n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = tok(rng);
+    return v;
+  };
+  // Positions 0 .. d-1 (untimed): random tokens, the first one `first` when that is >= 0.
+  auto fill = [&](const std::vector<int32_t>& table, int32_t first) -> Status {
+    std::vector<int32_t> prompt = random_tokens(d);
+    if (d > 0 && first >= 0) prompt[0] = first;
+    return eval(prompt, 0, table);
   };
   if (t.n_prompt > 0) {
     const int64_t nb = blocks_for(d + t.n_prompt, bs);
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t b = 0; b < nb; ++b) table[static_cast<size_t>(b)] = static_cast<int32_t>(b);
     if (auto s = fill(table, -1); !s) return s.error();
-    std::vector<int32_t> prompt(static_cast<size_t>(t.n_prompt));
-    for (auto& x : prompt) x = tok(rng);
+    const std::vector<int32_t> prompt = random_tokens(t.n_prompt);
     const auto t0 = Clock::now();
-    for (int p = 0; p < t.n_prompt; p += t.n_batch) {
-      const int n = std::min(t.n_batch, t.n_prompt - p);
-      model::Batch batch;
-      batch.add(std::span<const int32_t>(prompt.data() + p, static_cast<size_t>(n)), d + p, table);
-      if (auto s = model.forward(batch, lm.kv(), pool, logits); !s) return s.error();
-    }
+    if (auto s = eval(prompt, d, table); !s) return s.error();
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
   }
   const int n_gen = n_gen_override >= 0 ? n_gen_override : t.n_gen;

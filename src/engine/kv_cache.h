@@ -1,7 +1,8 @@
 // Paged KV cache storage: a fixed pool of blocks, each holding `block_size` token slots of K and
 // V for every layer, each in fp16 or Q8_0 (kernels::KvType: Q8_0 takes 34 bytes per 32 values,
-// 53% of fp16, so the same memory holds 1.88x the tokens). Sequences own blocks through block tables; the BlockAllocator hands
-// blocks out and takes them back (reference-counted, so a later prefix cache can share them).
+// 53% of fp16, so the same memory holds 1.88x the tokens). Sequences own blocks through block
+// tables; the BlockAllocator hands blocks out and takes them back (reference-counted, so a later
+// prefix cache can share them).
 #pragma once
 
 #include <cstdint>

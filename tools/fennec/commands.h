@@ -22,7 +22,7 @@ void add_bench_command(CLI::App& app);       // bench
 void add_quantize_command(CLI::App& app);    // quantize
 void add_doctor_command(CLI::App& app);      // doctor
 // -ctk/--cache-type-k and -ctv/--cache-type-v (llama.cpp's names): the KV cache's K and V
-// types, f16 (default) or q8_0; CLI11 rejects other names. env_prefix: also read from
+// types, f16 (default) or q8_0; other names are refused when parsed. env_prefix: also read from
 // <env_prefix>CACHE_TYPE_K / _V when not empty.
 struct KvTypeFlags {
   std::string k = "f16";

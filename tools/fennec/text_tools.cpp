@@ -24,10 +24,17 @@ void KvTypeFlags::apply(engine::LoadOptions& o) const {
 }
 
 void add_kv_type_options(CLI::App* cmd, KvTypeFlags& f, const std::string& env_prefix) {
+  // The names are checked by the one parser that knows them (engine::parse_kv_type).
+  const CLI::Validator known(
+      [](std::string& name) {
+        auto t = engine::parse_kv_type(name);
+        return t ? std::string() : t.error().message;
+      },
+      "f16|q8_0");
   auto* k = cmd->add_option("--cache-type-k", f.k, "KV cache type of K: f16 or q8_0 (default f16; also -ctk)")
-                ->check(CLI::IsMember({"f16", "q8_0"}));
+                ->check(known);
   auto* v = cmd->add_option("--cache-type-v", f.v, "KV cache type of V: f16 or q8_0 (default f16; also -ctv)")
-                ->check(CLI::IsMember({"f16", "q8_0"}));
+                ->check(known);
   if (!env_prefix.empty()) {
     k->envname(env_prefix + "CACHE_TYPE_K");
     v->envname(env_prefix + "CACHE_TYPE_V");

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "core/float_convert.h"
@@ -11,6 +10,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
+#include "quant/dequantize.h"
 
 namespace fennec::kernels {
 
@@ -96,18 +96,10 @@ void attend_scalar(const AttnArgs& a, const AttnItem& w) {
 }  // namespace
 
 void kv_to_f32(KvType t, const void* src, float* dst, int64_t n) {
-  if (t == KvType::kF16) {
-    const auto* h = static_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_f32(h[i]);
-    return;
-  }
-  const auto* b = static_cast<const uint8_t*>(src);
-  for (int64_t i = 0; i < n; i += 32, b += 34) {
-    uint16_t dh;
-    std::memcpy(&dh, b, 2);
-    const float d = fp16_to_f32(dh);
-    for (int j = 0; j < 32; ++j) dst[i + j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
-  }
+  if (t == KvType::kF16)
+    quant::ref::dequantize_f16(static_cast<const uint16_t*>(src), dst, n);
+  else
+    quant::ref::dequantize_q8_0(static_cast<const quant::BlockQ8_0*>(src), dst, n / 32);
 }
 
 AttnItemFn attention_item_scalar() { return &attend_scalar; }

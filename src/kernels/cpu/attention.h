@@ -20,8 +20,8 @@ enum class KvType : uint8_t { kF16, kQ8_0 };
 // Bytes of n cache values of type t (n % 32 == 0 for kQ8_0).
 inline int64_t kv_bytes(KvType t, int64_t n) { return t == KvType::kF16 ? 2 * n : n / 32 * 34; }
 
-// Converts n values of type t at src (n % 32 == 0 for kQ8_0) to float: fp16 exactly, Q8_0 as
-// ggml's dequantize_row_q8_0 (d * q, exact in float).
+// Converts n values of type t at src (n % 32 == 0 for kQ8_0) to float with the reference
+// dequantizers (quant/dequantize.h): fp16 exactly, Q8_0 as d * q (exact in float).
 void kv_to_f32(KvType t, const void* src, float* dst, int64_t n);
 
 struct AttnSequence {

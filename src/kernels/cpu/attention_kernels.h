@@ -35,7 +35,7 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Whether the vector bodies read this sequence's keys and values in the fp16 cache in place
 // (one query: a decode step, with ggml's 64-lane dot order) instead of converting them to f32
-// first; paged_attention splits such steps by KV heads when they are too few to share out.
+// first (a Q8_0 cache is always converted).
 inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
   return s.n_queries == 1 && p.head_dim_k % 64 == 0 && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
 }
