@@ -8,6 +8,7 @@
 // Shapes are SmolLM2-135M's (576 x 1536 FFN); threads: 1 and 2 (an argument of each benchmark).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -183,17 +184,21 @@ void matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"tokens", "threads"})->UseRealTime();
 }
 
-// One decode step of 32 sequences or of one at 300 tokens of context (SmolLM2's heads), or one prompt
-// chunk of 128 queries.
+// One decode step of 32 sequences or of one (SmolLM2's heads), or one prompt chunk of 128
+// queries, at `ctx` tokens of context. The cache holds enough layers to fill 96 MB, and each
+// iteration takes the next layer, so that a deep context is read from memory as in a model's
+// decode step (all its layers' K and V do not fit in the last-level cache) and not from a warm cache.
 void BM_Attention(benchmark::State& st) {
   const int n_seqs = static_cast<int>(st.range(0)), n_q = static_cast<int>(st.range(1));
-  const int threads = static_cast<int>(st.range(2));
-  const int ctx = 300, bs = 16, n_heads = 9, n_kv = 3, hd = 64;
+  const int threads = static_cast<int>(st.range(2)), ctx = static_cast<int>(st.range(3));
+  const int bs = 16, n_heads = 9, n_kv = 3, hd = 64;
   const int blocks_per_seq = (ctx + n_q + bs - 1) / bs;
   const int n_blocks = n_seqs * blocks_per_seq;
-  std::vector<uint16_t> kc(static_cast<size_t>(n_blocks) * bs * n_kv * hd), vc(kc.size());
-  const auto f = random_floats(kc.size(), 5);
-  for (size_t i = 0; i < kc.size(); ++i) kc[i] = vc[i] = fennec::f32_to_fp16(f[i]);
+  const size_t layer_vals = static_cast<size_t>(n_blocks) * bs * n_kv * hd;
+  const int n_layers = static_cast<int>(std::max<size_t>(1, (size_t{96} << 20) / (layer_vals * 4)));
+  std::vector<uint16_t> kc(layer_vals * n_layers), vc(kc.size());
+  const auto f = random_floats(layer_vals, 5);
+  for (size_t i = 0; i < kc.size(); ++i) kc[i] = vc[i] = fennec::f32_to_fp16(f[i % layer_vals]);
   std::vector<int32_t> table(static_cast<size_t>(n_blocks));
   for (int i = 0; i < n_blocks; ++i) table[static_cast<size_t>(i)] = i;
   std::vector<k::AttnSequence> seqs;
@@ -207,10 +212,13 @@ void BM_Attention(benchmark::State& st) {
   p.head_dim_k = p.head_dim_v = hd;
   p.block_size = bs;
   p.scale = 0.125f;
+  int layer = 0;
   for (auto _ : st) {
-    k::paged_attention(q.data(), n_heads * hd, seqs.data(), n_seqs, kc.data(), vc.data(), p,
+    const size_t off = layer_vals * static_cast<size_t>(layer);
+    k::paged_attention(q.data(), n_heads * hd, seqs.data(), n_seqs, kc.data() + off, vc.data() + off, p,
                        out.data(), n_heads * hd, pool(threads));
     benchmark::DoNotOptimize(out.data());
+    layer = (layer + 1) % n_layers;
   }
   // K and V bytes each query set reads, and its multiply-adds (q.k and p.v per head and key).
   const double keys = static_cast<double>(n_seqs) * (ctx + n_q);
@@ -219,8 +227,10 @@ void BM_Attention(benchmark::State& st) {
   st.counters["GFLOP"] = benchmark::Counter(
       keys * n_q * n_heads * hd * 4.0 * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_Attention)->Args({32, 1, 1})->Args({32, 1, 2})->Args({1, 1, 1})->Args({1, 1, 2})->Args({1, 128, 1})->Args({1, 128, 2})
-    ->ArgNames({"seqs", "queries", "threads"})->UseRealTime();
+BENCHMARK(BM_Attention)
+    ->Args({32, 1, 1, 300})->Args({32, 1, 2, 300})->Args({1, 1, 1, 300})->Args({1, 1, 2, 300})
+    ->Args({1, 128, 1, 300})->Args({1, 128, 2, 300})->Args({1, 1, 1, 4096})->Args({1, 1, 2, 4096})
+    ->ArgNames({"seqs", "queries", "threads", "ctx"})->UseRealTime();
 
 void BM_Swiglu(benchmark::State& st) {
   const int64_t n = 1536 * 32;

@@ -41,6 +41,7 @@ Expected<std::unique_ptr<KvCache>> KvCache::create(const KvCacheShape& shape, in
       return false;
     }
     p.ptr = static_cast<uint8_t*>(m);
+    madvise(m, p.bytes, MADV_HUGEPAGE);
     return true;
   };
   if (!map(c->k_, c->layer_k_bytes_ * shape.n_layers) || !map(c->v_, c->layer_v_bytes_ * shape.n_layers))

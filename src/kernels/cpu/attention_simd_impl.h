@@ -4,7 +4,9 @@
 // float operations of attend_scalar (attention.cpp), per output in the same order, arranged
 // for throughput:
 // - a chunk of queries converts its keys and values (fp16 or Q8_0) to f32 once per work item,
-//   inline (no call per row); one query (a decode step) reads an fp16 cache in place;
+//   inline (no call per row); one query (a decode step) reads an fp16 cache in place, in the
+//   order the cache lies (attend_decode: every KV head of the item on each 8 keys, then on each
+//   block of values), with software prefetch spread over the work;
 // - q.k: each key's dot keeps its lane-wise chains (ggml_vec_dot_f16's four 16-lane
 //   accumulators, or the tinyBLAS chain of two 8-lane halves), and the final horizontal sum
 //   of eight keys is done at once by transposing shuffles that add the same pairs in the same
@@ -151,15 +153,17 @@ __attribute__((always_inline)) inline void key_t3(const float* const* q, const T
 
 // Unscaled scores of NQ query rows against keys lo .. hi, eight keys per step: positions up to
 // hi + 7 are written (and their key rows read).
-template <bool kChain, int NQ, int DK, class Rows>
+template <bool kChain, int NQ, int DK, class Rows, bool kLocalQ = true>
 void qk_scores(const float* const* q, const Rows& kr, int dk, int32_t lo, int32_t hi, float* const* scores) {
   // With DK known, the rows are copied into locals the compiler can keep in registers (the
-  // score stores could otherwise alias them).
-  constexpr int kLocal = DK > 0 ? DK : 16;
+  // score stores could otherwise alias them); without kLocalQ (a few keys per call) they are
+  // read where they are.
+  constexpr bool kCopy = DK > 0 && kLocalQ;
+  constexpr int kLocal = kCopy ? DK : 1;
   alignas(32) float ql[NQ][kLocal];
   const float* qp[NQ];
   for (int r = 0; r < NQ; ++r) {
-    if constexpr (DK > 0) {
+    if constexpr (kCopy) {
       std::copy(q[r], q[r] + DK, ql[r]);
       qp[r] = ql[r];
     } else {
@@ -192,14 +196,100 @@ inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float
   return sum;
 }
 
+// A query row rounded to fp16 (ggml converts Q to the cache's type), n % 8 == 0.
+inline void round_q_fp16(const float* src, float* dst, int n) {
+  for (int e = 0; e < n; e += 8)
+    _mm256_storeu_ps(dst + e, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(src + e), _MM_FROUND_TO_NEAREST_INT)));
+}
+
+// One row's weights from its scores sc at key positions lo .. pos (unscaled; positions up to
+// round_up(pos + 1, 16) writable): the scale (and softcap), the max, ggml's exp over chunks of 16
+// counted from position 0, and the weights normalized and rounded to fp16 into pr, with zeros
+// where the row's range leaves pass_lo .. pass_hi (the key range its tile shares).
+inline void softmax_row(const AttnParams& p, float* sc, float* pr, int32_t lo, int32_t pos, int32_t pass_lo,
+                        int32_t pass_hi) {
+  const int64_t m = round_up(pos + 1, 16);
+  const int64_t lo16 = lo / 16 * 16;
+  for (int64_t j = lo16; j < lo; ++j) sc[j] = -INFINITY;
+  for (int64_t j = pos + 1; j < m; ++j) sc[j] = -INFINITY;
+  // scale (and softcap), then the max, 8 positions at a time where the softcap allows.
+  float mx = -INFINITY;
+  if (p.softcap > 0) {
+    for (int32_t j = lo; j <= pos; ++j) {
+      const float s = p.softcap * std::tanh(sc[j] * p.scale / p.softcap);
+      sc[j] = s;
+      mx = std::max(mx, s);
+    }
+  } else {
+    const __m256 vscale = _mm256_set1_ps(p.scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int32_t j = lo;
+    for (; j + 8 <= pos + 1; j += 8) {
+      const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(sc + j), vscale);
+      _mm256_storeu_ps(sc + j, s);
+      vmax = _mm256_max_ps(vmax, s);
+    }
+    for (; j <= pos; ++j) {
+      sc[j] *= p.scale;
+      mx = std::max(mx, sc[j]);
+    }
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, vmax);
+    for (float x : tmp) mx = std::max(mx, x);
+  }
+  const double sum = softmax_exp(sc, pr, lo16, m, mx);
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  for (int64_t j = lo16; j < m; j += 8) {
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), inv);
+    _mm256_storeu_ps(pr + j, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
+  }
+  // Zero weight where this row's window leaves the pass's key range.
+  for (int64_t j = pass_lo; j < lo16; ++j) pr[j] = 0.0f;
+  for (int64_t j = m; j <= pass_hi; ++j) pr[j] = 0.0f;
+}
+
+// Software prefetch of bytes first .. first + n of rows j .. hi of r, a few lines per call, so that
+// the fetches of the next block go out spread over the work on this one (a burst of them would
+// fill the load queue and stall that work).
+template <class Rows>
+struct Prefetcher {
+  Rows r;
+  int64_t first = 0, n = 0;
+  int32_t j = 0, hi = -1;
+  int64_t o = 0;  // next line of row j, from the line holding byte first
+  int per_call = 0;
+  void reset(int32_t lo, int32_t h, int lines_per_call) {
+    j = lo;
+    hi = h;
+    o = 0;
+    per_call = lines_per_call;
+  }
+  int64_t lines_per_row() const { return n > 0 ? (n + 63) / 64 + 1 : 0; }  // at most (any alignment)
+  template <int kHint>
+  void step() {
+    for (int i = 0; i < per_call && j <= hi; ++i) {
+      const auto a = reinterpret_cast<uintptr_t>(r.row(j)) + static_cast<uintptr_t>(first);
+      const uintptr_t line = (a & ~uintptr_t{63}) + static_cast<uintptr_t>(o);
+      _mm_prefetch(reinterpret_cast<const char*>(line), static_cast<_mm_hint>(kHint));
+      o += 64;
+      if (line + 64 >= a + static_cast<uintptr_t>(n)) {
+        o = 0;
+        ++j;
+      }
+    }
+  }
+};
+
 // One tile of the weighted values: NR rows (weights w[row], indexed by key position) times NV*8
 // value dimensions from e, over key positions k0 .. k1 of the value rows vr. Each slot's chain
 // is kept in slots[(r * NR + row) * NV * 8 ...]: it starts at +0 when `first`, else it goes on
 // from what the previous key range left there (ranges taken in ascending order keep each
 // chain's order).
 template <int R, int NR, int NV, class Rows>
-void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* slots, bool first) {
+void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* slots, bool first,
+              Prefetcher<Rows>* pf) {
   for (int r = 0; r < R; ++r) {
+    if (pf) pf->template step<_MM_HINT_T1>();
     const int32_t start = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
     float* s = slots + static_cast<int64_t>(r) * NR * NV * 8;
     if (start > k1 && !first) continue;  // nothing to add: the chain stays as it is
@@ -251,14 +341,14 @@ constexpr int64_t kSlotFloats = int64_t{64} * kPvRows * 8 * kPvWidth;
 // out[row][..].
 template <int R, int NR, class Rows>
 void pv_rows(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int dv, float* state, bool first,
-             bool last, float* const* out) {
+             bool last, float* const* out, Prefetcher<Rows>* pf) {
   int e = 0;
   for (; e + 8 * kPvWidth <= dv; e += 8 * kPvWidth, state += kSlotFloats) {
-    pv_slots<R, NR, kPvWidth>(w, k0, k1, vr, e, state, first);
+    pv_slots<R, NR, kPvWidth>(w, k0, k1, vr, e, state, first, pf);
     if (last) pv_combine<R, NR, kPvWidth>(state, out, e);
   }
   for (; e < dv; e += 8, state += kSlotFloats) {
-    pv_slots<R, NR, 1>(w, k0, k1, vr, e, state, first);
+    pv_slots<R, NR, 1>(w, k0, k1, vr, e, state, first, pf);
     if (last) pv_combine<R, NR, 1>(state, out, e);
   }
 }
@@ -274,14 +364,15 @@ inline int64_t tile_state_floats(int dv) {
 // `last` writes the sums.
 template <int R, class Rows>
 void weighted_values(const float* const* w, int n_rows, int32_t k0, int32_t k1, const Rows& vr, int dv,
-                     float* state, bool first, bool last, float* const* out) {
+                     float* state, bool first, bool last, float* const* out,
+                     Prefetcher<Rows>* pf = nullptr) {
   switch (n_rows) {
-    case 1: return pv_rows<R, 1>(w, k0, k1, vr, dv, state, first, last, out);
-    case 2: return pv_rows<R, 2>(w, k0, k1, vr, dv, state, first, last, out);
-    case 3: return pv_rows<R, 3>(w, k0, k1, vr, dv, state, first, last, out);
-    case 4: return pv_rows<R, 4>(w, k0, k1, vr, dv, state, first, last, out);
-    case 5: return pv_rows<R, 5>(w, k0, k1, vr, dv, state, first, last, out);
-    default: return pv_rows<R, 6>(w, k0, k1, vr, dv, state, first, last, out);
+    case 1: return pv_rows<R, 1>(w, k0, k1, vr, dv, state, first, last, out, pf);
+    case 2: return pv_rows<R, 2>(w, k0, k1, vr, dv, state, first, last, out, pf);
+    case 3: return pv_rows<R, 3>(w, k0, k1, vr, dv, state, first, last, out, pf);
+    case 4: return pv_rows<R, 4>(w, k0, k1, vr, dv, state, first, last, out, pf);
+    case 5: return pv_rows<R, 5>(w, k0, k1, vr, dv, state, first, last, out, pf);
+    default: return pv_rows<R, 6>(w, k0, k1, vr, dv, state, first, last, out, pf);
   }
 }
 
@@ -317,6 +408,26 @@ void qk_dispatch(const float* const* q, const Rows& kr, int dk, int32_t lo, int3
     qk_scores<kChain, NQ, 0>(q, kr, dk, lo, hi, scores);
 }
 
+// Per-thread buffers of a work item's rows: q rounded to fp16, scores, weights and slot state,
+// and each row's pointers into them and into the output.
+struct RowBuffers {
+  std::vector<float> scores, probs, qh, state;
+  std::vector<const float*> qrows;
+  std::vector<float*> srows, prows, orows;
+  void resize(int rows, int64_t n_row, int dk, int64_t state_floats) {
+    for (auto* v : {&srows, &prows, &orows}) v->resize(static_cast<size_t>(rows));
+    qrows.resize(static_cast<size_t>(rows));
+    scores.resize(static_cast<size_t>(rows * n_row));
+    probs.resize(static_cast<size_t>(rows * n_row));
+    qh.resize(static_cast<size_t>(rows * dk));
+    state.resize(static_cast<size_t>(state_floats));
+  }
+};
+inline RowBuffers& row_buffers() {
+  thread_local RowBuffers b;
+  return b;
+}
+
 // Keys per block of the q.k phase (32 KB of f32 keys at head size 64: an L1's worth, read by
 // every row of the pass while it is there), and per block of the weighted values (those
 // rows' tiles share each block of values from L2).
@@ -347,18 +458,9 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   const int rows = per_pass * group;
   const int max_tiles = (rows + kPvRows - 1) / kPvRows;
   const int64_t tile_state = tile_state_floats(dv);
-  thread_local std::vector<float> scores, probs, qh, state;
-  thread_local std::vector<const float*> qrows, prows;
-  thread_local std::vector<float*> srows, orows;
-  qrows.resize(static_cast<size_t>(rows));
-  prows.resize(static_cast<size_t>(rows));
-  srows.resize(static_cast<size_t>(rows));
-  orows.resize(static_cast<size_t>(rows));
-  scores.resize(static_cast<size_t>(rows * n_row));
-  probs.resize(static_cast<size_t>(rows * n_row));
-  qh.resize(static_cast<size_t>(rows * dk));
-  state.resize(static_cast<size_t>(max_tiles * tile_state));
-  const __m256 vscale = _mm256_set1_ps(p.scale);
+  RowBuffers& rb = row_buffers();
+  rb.resize(rows, n_row, dk, max_tiles * tile_state);
+  auto& [scores, probs, qh, state, qrows, srows, prows, orows] = rb;
   auto window_lo = [&](int32_t pos) { return p.window > 0 ? std::max(0, pos - p.window + 1) : 0; };
   for (int32_t q0 = w.q_begin; q0 < w.q_end; q0 += per_pass) {
     const int nq = std::min<int>(per_pass, w.q_end - q0);
@@ -367,7 +469,7 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
     for (int kvh = w.kv_head; kvh < (w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads); ++kvh) {
       const float** qrow = qrows.data();
       float** srow = srows.data();
-      const float** prow = prows.data();
+      float** prow = prows.data();
       float** orow = orows.data();
       Rows kh = kr, vh = vr;
       kh.off = static_cast<int64_t>(kvh - kr.head0) * dk;
@@ -378,10 +480,8 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
         for (int g = 0; g < group; ++g) {
           const int i = t * group + g;
           const int head = kvh * group + g;
-          const float* qsrc = a.q + row * a.ldq + static_cast<int64_t>(head) * dk;
           float* qd = qh.data() + static_cast<int64_t>(i) * dk;
-          for (int e = 0; e < dk; e += 8)
-            _mm256_storeu_ps(qd + e, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(qsrc + e), _MM_FROUND_TO_NEAREST_INT)));
+          round_q_fp16(a.q + row * a.ldq + static_cast<int64_t>(head) * dk, qd, dk);
           qrow[i] = qd;
           srow[i] = scores.data() + static_cast<int64_t>(i) * n_row;
           prow[i] = probs.data() + static_cast<int64_t>(i) * n_row;
@@ -422,48 +522,8 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
       }
       for (int t = 0; t < nq; ++t) {
         const int32_t pos = sq.pos0 + q0 + t;
-        const int32_t lo = window_lo(pos);
-        const int64_t m = round_up(pos + 1, 16);
-        const int64_t lo16 = lo / 16 * 16;
-        for (int g = 0; g < group; ++g) {
-          float* sc = srow[t * group + g];
-          float* pr = probs.data() + static_cast<int64_t>(t * group + g) * n_row;
-          for (int64_t j = lo16; j < lo; ++j) sc[j] = -INFINITY;
-          for (int64_t j = pos + 1; j < m; ++j) sc[j] = -INFINITY;
-          // scale (and softcap), then the max, 8 positions at a time where the softcap allows.
-          float mx = -INFINITY;
-          if (p.softcap > 0) {
-            for (int32_t j = lo; j <= pos; ++j) {
-              const float s = p.softcap * std::tanh(sc[j] * p.scale / p.softcap);
-              sc[j] = s;
-              mx = std::max(mx, s);
-            }
-          } else {
-            __m256 vmax = _mm256_set1_ps(-INFINITY);
-            int32_t j = lo;
-            for (; j + 8 <= pos + 1; j += 8) {
-              const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(sc + j), vscale);
-              _mm256_storeu_ps(sc + j, s);
-              vmax = _mm256_max_ps(vmax, s);
-            }
-            for (; j <= pos; ++j) {
-              sc[j] *= p.scale;
-              mx = std::max(mx, sc[j]);
-            }
-            alignas(32) float tmp[8];
-            _mm256_store_ps(tmp, vmax);
-            for (float x : tmp) mx = std::max(mx, x);
-          }
-          const double sum = softmax_exp(sc, pr, lo16, m, mx);
-          const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-          for (int64_t j = lo16; j < m; j += 8) {
-            const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), inv);
-            _mm256_storeu_ps(pr + j, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
-          }
-          // Zero weight where this row's window leaves the pass's key range.
-          for (int64_t j = pass_lo; j < lo16; ++j) pr[j] = 0.0f;
-          for (int64_t j = m; j <= pass_hi; ++j) pr[j] = 0.0f;
-        }
+        for (int g = 0; g < group; ++g)
+          softmax_row(p, srow[t * group + g], prows[t * group + g], window_lo(pos), pos, pass_lo, pass_hi);
       }
       // Weighted values: with several tiles, a block of values at a time for every tile (each
       // slot's chain then runs over the blocks in order: the same bits); one tile takes the
@@ -487,6 +547,116 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   }
 }
 
+
+// How far ahead a decode step fetches its keys (positions), and the positions per block of its
+// weighted values (the item's value rows, read from L2 by every KV head's slot chains while the
+// next block is fetched).
+constexpr int32_t kDecodeQkAhead = 64;
+constexpr int32_t kDecodePvBlock = 256;
+
+// q.k of the n rows q (the group of one KV head) against the 8 keys j .. j + 7, up to
+// kDecodeQkRows rows per pass, q read in place (each score is its own dot: the grouping changes
+// no bit).
+#ifdef __AVX512VL__
+constexpr int kDecodeQkRows = 4;
+#else
+constexpr int kDecodeQkRows = 1;
+#endif
+template <class Rows>
+void qk_step(const float* const* q, int n, const Rows& kr, int dk, int32_t j, float* const* scores) {
+  auto pass = [&]<int NQ>(int g) {
+    if (dk == 64)
+      qk_scores<false, NQ, 64, Rows, false>(q + g, kr, dk, j, j, scores + g);
+    else
+      qk_scores<false, NQ, 0, Rows, false>(q + g, kr, dk, j, j, scores + g);
+  };
+  int g = 0;
+  for (; g + kDecodeQkRows <= n; g += kDecodeQkRows) pass.template operator()<kDecodeQkRows>(g);
+  switch (n - g) {
+    case 3: if constexpr (kDecodeQkRows > 3) pass.template operator()<3>(g); break;
+    case 2: if constexpr (kDecodeQkRows > 2) pass.template operator()<2>(g); break;
+    case 1: pass.template operator()<1>(g); break;
+    default: break;
+  }
+}
+
+// One query (a decode step) against the item's KV heads, with ggml's 64-lane order (dk % 64 ==
+// 0, one query: see attend_scalar): the same operations as attend_rows, in an order that reads
+// the cache as it lies. The scores take a block of keys at a time for every KV head of the item
+// (whole cache rows, the next block fetched meanwhile); the weighted values a block of
+// positions at a time for every KV head, each head's slot chains going on from block to block.
+template <class Rows>
+void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
+  const AttnParams& p = *a.p;
+  const AttnSequence& sq = *w.seq;
+  const int group = p.n_heads / p.n_kv_heads;
+  const int dk = p.head_dim_k, dv = p.head_dim_v;
+  const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
+  const int n_kv = h1 - h0, rows = n_kv * group;
+  const int32_t pos = sq.pos0 + w.q_begin;
+  const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
+  const int64_t n_row = round_up(pos + 1, 16) + 8;  // + the 8-key steps' overhang
+  const int tiles = (group + kPvRows - 1) / kPvRows;  // weighted-value tiles per KV head
+  const int64_t tile_state = tile_state_floats(dv);
+  RowBuffers& rb = row_buffers();
+  rb.resize(rows, n_row, dk, n_kv * tiles * tile_state);
+  auto& [scores, probs, qh, state, qrows, srows, prows, orows] = rb;
+  const int64_t row = sq.row + w.q_begin;
+  for (int i = 0; i < rows; ++i) {
+    const int head = h0 * group + i;
+    float* qd = qh.data() + static_cast<int64_t>(i) * dk;
+    round_q_fp16(a.q + row * a.ldq + static_cast<int64_t>(head) * dk, qd, dk);
+    qrows[static_cast<size_t>(i)] = qd;
+    srows[static_cast<size_t>(i)] = scores.data() + static_cast<int64_t>(i) * n_row;
+    prows[static_cast<size_t>(i)] = probs.data() + static_cast<int64_t>(i) * n_row;
+    orows[static_cast<size_t>(i)] = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
+  }
+  auto head_rows = [&](Rows r, int kvh, int d) {
+    r.off = static_cast<int64_t>(kvh - r.head0) * d;
+    return r;
+  };
+  const int64_t k_first = static_cast<int64_t>(h0 - kr.head0) * dk * static_cast<int64_t>(sizeof(*kr.row(lo)));
+  const int64_t k_bytes = static_cast<int64_t>(n_kv) * dk * static_cast<int64_t>(sizeof(*kr.row(lo)));
+  const int64_t v_first = static_cast<int64_t>(h0 - vr.head0) * dv * static_cast<int64_t>(sizeof(*vr.row(lo)));
+  const int64_t v_bytes = static_cast<int64_t>(n_kv) * dv * static_cast<int64_t>(sizeof(*vr.row(lo)));
+  // Scores: 8 keys at a time (from lo rounded down to 8; up to pos + the overhang), every KV
+  // head of the item on them before the next 8, the keys kDecodeQkAhead positions on fetched.
+  Prefetcher<Rows> kpf{kr, k_first, k_bytes};
+  const int32_t k0 = lo / 8 * 8;
+  const int k_lines = static_cast<int>(8 * kpf.lines_per_row());
+  kpf.reset(lo, std::min(pos, k0 + kDecodeQkAhead - 1), 1 << 30);
+  kpf.template step<_MM_HINT_T0>();
+  kpf.reset(k0 + kDecodeQkAhead, pos, k_lines);
+  for (int32_t b0 = k0; b0 <= pos; b0 += 8) {
+    kpf.template step<_MM_HINT_T0>();
+    const int32_t j0 = std::max(lo, b0);
+    for (int kvh = h0; kvh < h1; ++kvh) {
+      const int i = (kvh - h0) * group;
+      qk_step(qrows.data() + i, group, head_rows(kr, kvh, dk), dk, j0, srows.data() + i);
+    }
+  }
+  for (int i = 0; i < rows; ++i) softmax_row(p, srows[static_cast<size_t>(i)], prows[static_cast<size_t>(i)], lo, pos, lo, pos);
+  // Weighted values, a block of positions at a time; the next block is fetched during this one,
+  // a few lines per slot chain.
+  Prefetcher<Rows> vpf{vr, v_first, v_bytes};
+  vpf.reset(lo, std::min(pos, lo + kDecodePvBlock - 1), 1 << 30);
+  vpf.template step<_MM_HINT_T1>();
+  const int chains = 64 * n_kv * tiles * ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8);
+  const int v_lines = static_cast<int>((kDecodePvBlock * vpf.lines_per_row() + chains - 1) / chains);
+  for (int32_t c0 = lo; c0 <= pos; c0 += kDecodePvBlock) {
+    const int32_t c1 = std::min(pos, c0 + kDecodePvBlock - 1);
+    vpf.reset(c1 + 1, std::min(pos, c1 + kDecodePvBlock), v_lines);
+    for (int kvh = h0; kvh < h1; ++kvh) {
+      const Rows vh = head_rows(vr, kvh, dv);
+      for (int tile = 0; tile < tiles; ++tile) {
+        const int r0 = (kvh - h0) * group + group * tile / tiles, r1 = (kvh - h0) * group + group * (tile + 1) / tiles;
+        float* st = state.data() + static_cast<int64_t>((kvh - h0) * tiles + tile) * tile_state;
+        weighted_values<64>(prows.data() + r0, r1 - r0, c0, c1, vh, dv, st, c0 == lo, c1 == pos, orows.data() + r0,
+                            &vpf);
+      }
+    }
+  }
+}
 
 // One work item covers a range of KV heads of its sequence (usually all of them). A chunk of
 // queries reads each key many times: its rows (the item's KV heads) are converted to f32 once.
@@ -517,7 +687,7 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
       vrows[static_cast<size_t>(j)] = vc + slot * vw;
     }
     for (int j = 0; j < 8; ++j) krows[static_cast<size_t>(n_keys + j)] = zeros.data();
-    attend_rows(a, w, F16Rows{krows.data(), k_lo, 0, 0}, F16Rows{vrows.data(), k_lo, 0, 0});
+    attend_decode(a, w, F16Rows{krows.data(), k_lo, 0, 0}, F16Rows{vrows.data(), k_lo, 0, 0});
     return;
   }
   const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
