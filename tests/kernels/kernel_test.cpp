@@ -306,20 +306,35 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
         for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
           attention_item_scalar()(a_ref, {&seqs[static_cast<size_t>(s)], h, b,
                                           std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32)});
+    // Items: every KV head in one (mode 0), one per KV head (1), or decode steps split into 2
+    // or 3 ranges of query heads (modes 2, 3; a range may end inside a KV head's group).
     for (int level = 1; level <= 2; ++level)
-      for (bool per_head : {false, true}) {  // every KV head in one item, or one item per KV head
+      for (int mode = 0; mode < 4; ++mode) {
         if (level == 2 && detect_simd_level() < SimdLevel::kAvx512) continue;
+        const bool per_head = mode == 1;
         std::vector<float> got(ref.size(), -2.0f);
         const AttnArgs a_got{q.data(), ldq, kc.data(), vc.data(), &ap, got.data(), ldo};
         const AttnItemFn body = level == 2 ? attention_item_avx512() : attention_item_avx2();
-        for (int s = 0; s < n_seqs; ++s)
+        for (int s = 0; s < n_seqs; ++s) {
+          const AttnSequence* sq = &seqs[static_cast<size_t>(s)];
+          if (mode >= 2 && decodes_by_query_heads(ap, *sq)) {
+            const int group = sh.n_heads / sh.n_kv;
+            for (int part = 0; part < mode; ++part) {
+              const int hb = sh.n_heads * part / mode, he = sh.n_heads * (part + 1) / mode;
+              AttnItem it{sq, hb / group, 0, 1, (he - 1) / group + 1};
+              it.head_begin = hb;
+              it.head_end = he;
+              if (hb < he) body(a_got, it);
+            }
+            continue;
+          }
           for (int h = 0; h < (per_head ? sh.n_kv : 1); ++h)
-            for (int32_t b = 0; b < seqs[static_cast<size_t>(s)].n_queries; b += 32)
-              body(a_got, {&seqs[static_cast<size_t>(s)], h, b, std::min(seqs[static_cast<size_t>(s)].n_queries, b + 32),
-                           per_head ? h + 1 : 0});
+            for (int32_t b = 0; b < sq->n_queries; b += 32)
+              body(a_got, {sq, h, b, std::min(sq->n_queries, b + 32), per_head ? h + 1 : 0});
+        }
         for (size_t i = 0; i < ref.size(); ++i)
           ASSERT_EQ(f32_to_bits(ref[i]), f32_to_bits(got[i]))
-              << (level == 2 ? "avx512" : "avx2") << (per_head ? " per head" : "") << " K " << kv_name(kt) << " V "
+              << (level == 2 ? "avx512" : "avx2") << " item mode " << mode << " K " << kv_name(kt) << " V "
               << kv_name(vt) << " heads " << sh.n_heads
               << "/" << sh.n_kv << " dk " << sh.dk << " window " << sh.window << " output " << i << ": " << ref[i]
               << " vs " << got[i];

@@ -16,6 +16,10 @@ struct AttnItem {
   int32_t q_begin = 0;  // queries q_begin .. q_end-1 of the sequence
   int32_t q_end = 0;
   int kv_head_end = 0;  // vector bodies: KV heads kv_head .. kv_head_end-1 (0: kv_head .. the last)
+  // Vector bodies, a sequence that decodes_by_query_heads: query heads head_begin .. head_end-1,
+  // all of them heads of kv_head .. kv_head_end-1 (0: every query head of those KV heads).
+  int head_begin = 0;
+  int head_end = 0;
 };
 
 struct AttnArgs {
@@ -38,6 +42,13 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // first (a Q8_0 cache is always converted).
 inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
   return s.n_queries == 1 && p.head_dim_k % 64 == 0 && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
+}
+
+// Whether the vector bodies take this sequence as a decode step (one query, ggml's 64-lane dot
+// order): its work items may then cover any range of query heads (AttnItem::head_begin), each
+// query head's result being independent of which others share its item.
+inline bool decodes_by_query_heads(const AttnParams& p, const AttnSequence& s) {
+  return s.n_queries == 1 && p.head_dim_k % 64 == 0;
 }
 
 // The address of value `first` of cache row `slot`, for one layer's cache at base with rows of

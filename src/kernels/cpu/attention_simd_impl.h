@@ -592,7 +592,11 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   const int group = p.n_heads / p.n_kv_heads;
   const int dk = p.head_dim_k, dv = p.head_dim_v;
   const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
-  const int n_kv = h1 - h0, rows = n_kv * group;
+  const int n_kv = h1 - h0;
+  const int hb = w.head_end > 0 ? w.head_begin : h0 * group, he = w.head_end > 0 ? w.head_end : h1 * group;
+  const int rows = he - hb;
+  // Rows of KV head kvh: hr(kvh) .. hr(kvh + 1) - 1.
+  auto hr = [&](int kvh) { return std::clamp(kvh * group, hb, he) - hb; };
   const int32_t pos = sq.pos0 + w.q_begin;
   const int32_t lo = p.window > 0 ? std::max(0, pos - p.window + 1) : 0;
   const int64_t n_row = round_up(pos + 1, 16) + 8;  // + the 8-key steps' overhang
@@ -603,7 +607,7 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   auto& [scores, probs, qh, state, qrows, srows, prows, orows] = rb;
   const int64_t row = sq.row + w.q_begin;
   for (int i = 0; i < rows; ++i) {
-    const int head = h0 * group + i;
+    const int head = hb + i;
     float* qd = qh.data() + static_cast<int64_t>(i) * dk;
     round_q_fp16(a.q + row * a.ldq + static_cast<int64_t>(head) * dk, qd, dk);
     qrows[static_cast<size_t>(i)] = qd;
@@ -630,10 +634,8 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   for (int32_t b0 = k0; b0 <= pos; b0 += 8) {
     kpf.template step<_MM_HINT_T0>();
     const int32_t j0 = std::max(lo, b0);
-    for (int kvh = h0; kvh < h1; ++kvh) {
-      const int i = (kvh - h0) * group;
-      qk_step(qrows.data() + i, group, head_rows(kr, kvh, dk), dk, j0, srows.data() + i);
-    }
+    for (int kvh = h0; kvh < h1; ++kvh)
+      qk_step(qrows.data() + hr(kvh), hr(kvh + 1) - hr(kvh), head_rows(kr, kvh, dk), dk, j0, srows.data() + hr(kvh));
   }
   for (int i = 0; i < rows; ++i) softmax_row(p, srows[static_cast<size_t>(i)], prows[static_cast<size_t>(i)], lo, pos, lo, pos);
   // Weighted values, a block of positions at a time; the next block is fetched during this one,
@@ -641,15 +643,16 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   Prefetcher<Rows> vpf{vr, v_first, v_bytes};
   vpf.reset(lo, std::min(pos, lo + kDecodePvBlock - 1), 1 << 30);
   vpf.template step<_MM_HINT_T1>();
-  const int chains = 64 * n_kv * tiles * ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8);
+  const int chains = 64 * n_kv * ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8);
   const int v_lines = static_cast<int>((kDecodePvBlock * vpf.lines_per_row() + chains - 1) / chains);
   for (int32_t c0 = lo; c0 <= pos; c0 += kDecodePvBlock) {
     const int32_t c1 = std::min(pos, c0 + kDecodePvBlock - 1);
     vpf.reset(c1 + 1, std::min(pos, c1 + kDecodePvBlock), v_lines);
     for (int kvh = h0; kvh < h1; ++kvh) {
       const Rows vh = head_rows(vr, kvh, dv);
-      for (int tile = 0; tile < tiles; ++tile) {
-        const int r0 = (kvh - h0) * group + group * tile / tiles, r1 = (kvh - h0) * group + group * (tile + 1) / tiles;
+      const int n = hr(kvh + 1) - hr(kvh), tiles_h = (n + kPvRows - 1) / kPvRows;
+      for (int tile = 0; tile < tiles_h; ++tile) {
+        const int r0 = hr(kvh) + n * tile / tiles_h, r1 = hr(kvh) + n * (tile + 1) / tiles_h;
         float* st = state.data() + static_cast<int64_t>((kvh - h0) * tiles + tile) * tile_state;
         weighted_values<64>(prows.data() + r0, r1 - r0, c0, c1, vh, dv, st, c0 == lo, c1 == pos, orows.data() + r0,
                             &vpf);
@@ -698,7 +701,10 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
   vals.resize(static_cast<size_t>(n_keys * iv));
   gather_rows(a.k_cache, p.k_type, kw, static_cast<int64_t>(h0) * dk, ik, sq, p.block_size, k_lo, n_keys, keys.data());
   gather_rows(a.v_cache, p.v_type, vw, static_cast<int64_t>(h0) * dv, iv, sq, p.block_size, k_lo, n_keys, vals.data());
-  attend_rows(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
+  if (decodes_by_query_heads(p, sq))
+    attend_decode(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
+  else
+    attend_rows(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
 }
 
 }  // namespace
