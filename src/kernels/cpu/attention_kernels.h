@@ -37,18 +37,17 @@ using AttnItemFn = void (*)(const AttnArgs&, const AttnItem&);
 // v rounded up to a multiple of m (the padded lengths both bodies share).
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Whether the vector bodies read this sequence's keys and values in the fp16 cache in place
-// (one query: a decode step, with ggml's 64-lane dot order) instead of converting them to f32
-// first (a Q8_0 cache is always converted).
-inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
-  return s.n_queries == 1 && p.head_dim_k % 64 == 0 && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
-}
-
 // Whether the vector bodies take this sequence as a decode step (one query, ggml's 64-lane dot
 // order): its work items may then cover any range of query heads (AttnItem::head_begin), each
 // query head's result being independent of which others share its item.
 inline bool decodes_by_query_heads(const AttnParams& p, const AttnSequence& s) {
   return s.n_queries == 1 && p.head_dim_k % 64 == 0;
+}
+
+// Whether the vector bodies read such a decode step's keys and values in the fp16 cache in
+// place instead of converting them to f32 first (a Q8_0 cache is always converted).
+inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
+  return decodes_by_query_heads(p, s) && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
 }
 
 // The address of value `first` of cache row `slot`, for one layer's cache at base with rows of

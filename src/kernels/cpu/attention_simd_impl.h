@@ -30,7 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/attention_kernels.h"
@@ -265,6 +265,12 @@ struct Prefetcher {
     per_call = lines_per_call;
   }
   int64_t lines_per_row() const { return n > 0 ? (n + 63) / 64 + 1 : 0; }  // at most (any alignment)
+  // Every line of rows lo .. h at once (the first block, before there is work to spread it over).
+  template <int kHint>
+  void fetch_all(int32_t lo, int32_t h) {
+    reset(lo, h, std::numeric_limits<int>::max());
+    step<kHint>();
+  }
   template <int kHint>
   void step() {
     for (int i = 0; i < per_call && j <= hi; ++i) {
@@ -353,10 +359,10 @@ void pv_rows(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int 
   }
 }
 
-// Slot-state floats of one tile for head size dv (what pv_rows walks through).
-inline int64_t tile_state_floats(int dv) {
-  return ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8) * kSlotFloats;
-}
+// Blocks of value dimensions pv_rows takes for head size dv (of kPvWidth * 8, then of 8), and
+// the slot-state floats of one tile it walks through.
+inline int value_blocks(int dv) { return dv / (8 * kPvWidth) + dv % (8 * kPvWidth) / 8; }
+inline int64_t tile_state_floats(int dv) { return value_blocks(dv) * kSlotFloats; }
 
 // out[row][e] for n_rows <= kPvRows rows: the f16 dot of the weights w[row] over key positions
 // k0 .. k1 with value dimension e, in the lane order of ggml_vec_dot_f16 (R = 64) or of the
@@ -437,12 +443,12 @@ constexpr int32_t kPvBlock = 512;
 // queries then takes one or two passes over the keys and values instead of one per query.
 constexpr int64_t kPassBytes = int64_t{4} << 20;
 
-// The passes of one work item over its key rows kr and value rows vr (F32Rows or F16Rows with
-// off 0; each KV head adds its own offset). A pass takes as many queries as kPassBytes allows
-// (a decode step: its one query) and, per KV head, computes all its rows' scores key block by
-// key block, their softmax, then their weighted values tile by tile, value block by value block.
-template <class Rows>
-void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
+// The passes of one work item over its key rows kr and value rows vr, converted to f32 (off 0;
+// each KV head adds its own offset): chunks of queries, and decode steps that attend_decode does
+// not take (a head size that is not a multiple of 64). A pass takes as many queries as
+// kPassBytes allows and, per KV head, computes all its rows' scores key block by key block,
+// their softmax, then their weighted values tile by tile, value block by value block.
+void attend_rows(const AttnArgs& a, const AttnItem& w, F32Rows kr, F32Rows vr) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
   const int group = p.n_heads / p.n_kv_heads;
@@ -471,7 +477,7 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
       float** srow = srows.data();
       float** prow = prows.data();
       float** orow = orows.data();
-      Rows kh = kr, vh = vr;
+      F32Rows kh = kr, vh = vr;
       kh.off = static_cast<int64_t>(kvh - kr.head0) * dk;
       vh.off = static_cast<int64_t>(kvh - vr.head0) * dv;
       // The rows: query t's heads of this KV head, its q rounded to fp16.
@@ -499,10 +505,8 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
           const float* const* qt = qrow + t * group;
           float* const* st = srow + t * group;
           if (!batched) {  // ggml order with a head size that is not a multiple of 64
-            if constexpr (std::is_same_v<Rows, F32Rows>) {
-              for (int g = 0; g < group; ++g)
-                for (int32_t j = j0; j <= j1; ++j) st[g][j] = dot_ggml(qt[g], kh.row(j), dk);
-            }
+            for (int g = 0; g < group; ++g)
+              for (int32_t j = j0; j <= j1; ++j) st[g][j] = dot_ggml(qt[g], kh.row(j), dk);
             continue;
           }
           int g = 0;
@@ -628,8 +632,7 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   Prefetcher<Rows> kpf{kr, k_first, k_bytes};
   const int32_t k0 = lo / 8 * 8;
   const int k_lines = static_cast<int>(8 * kpf.lines_per_row());
-  kpf.reset(lo, std::min(pos, k0 + kDecodeQkAhead - 1), 1 << 30);
-  kpf.template step<_MM_HINT_T0>();
+  kpf.template fetch_all<_MM_HINT_T0>(lo, std::min(pos, k0 + kDecodeQkAhead - 1));
   kpf.reset(k0 + kDecodeQkAhead, pos, k_lines);
   for (int32_t b0 = k0; b0 <= pos; b0 += 8) {
     kpf.template step<_MM_HINT_T0>();
@@ -641,9 +644,8 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   // Weighted values, a block of positions at a time; the next block is fetched during this one,
   // a few lines per slot chain.
   Prefetcher<Rows> vpf{vr, v_first, v_bytes};
-  vpf.reset(lo, std::min(pos, lo + kDecodePvBlock - 1), 1 << 30);
-  vpf.template step<_MM_HINT_T1>();
-  const int chains = 64 * n_kv * ((dv / (8 * kPvWidth)) + (dv % (8 * kPvWidth)) / 8);
+  vpf.template fetch_all<_MM_HINT_T1>(lo, std::min(pos, lo + kDecodePvBlock - 1));
+  const int chains = 64 * n_kv * value_blocks(dv);
   const int v_lines = static_cast<int>((kDecodePvBlock * vpf.lines_per_row() + chains - 1) / chains);
   for (int32_t c0 = lo; c0 <= pos; c0 += kDecodePvBlock) {
     const int32_t c1 = std::min(pos, c0 + kDecodePvBlock - 1);
