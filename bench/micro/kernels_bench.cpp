@@ -155,6 +155,31 @@ void BM_Stream(benchmark::State& st, GgmlType t) {
                                          benchmark::Counter::kIsRate);
 }
 
+// The same product on one packed 1024 x 1024 matrix that stays in L2 (576 KB in Q4_0): the
+// kernel's own speed without DRAM, i.e. how much of a DRAM stream's time its instructions need.
+void BM_StreamHot(benchmark::State& st, GgmlType t) {
+  constexpr int64_t kN = 1024;
+  const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
+  const auto rb = static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(kN)));
+  const auto w = random_weights(t, kN, kN);
+  k::WeightView v{t, w.data(), kN, kN, rb};
+  k::PackedWeights packed;
+  std::vector<k::WeightView*> order{&v};
+  packed.pack_all(order, pool(1));
+  if (!v.packed) {
+    st.SkipWithError("not packed (FENNEC_REPACK=0?)");
+    return;
+  }
+  const auto x = random_floats(kN, 3);
+  std::vector<float> y(kN);
+  for (auto _ : st) {
+    k::matmul(v, x.data(), 1, y.data(), pool(1));
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["GB"] = benchmark::Counter(static_cast<double>(k::packed_bytes(t, kN, kN)) * static_cast<double>(st.iterations()) / 1e9,
+                                         benchmark::Counter::kIsRate);
+}
+
 void BM_StreamRead(benchmark::State& st) {
   constexpr int64_t kBytes = int64_t{300} << 20;
   static std::vector<uint64_t> buf(kBytes / 8, 1);
@@ -274,6 +299,9 @@ const int kRegistered = [] {
         ->Arg(1)
         ->Arg(2)
         ->ArgName("threads")
+        ->UseRealTime();
+  for (const auto& [t, name] : {std::pair{GgmlType::Q4_0, "Q4_0"}, {GgmlType::Q8_0, "Q8_0"}, {GgmlType::Q4_K, "Q4_K"}})
+    benchmark::RegisterBenchmark((std::string("StreamHot/") + name).c_str(), [t](benchmark::State& st) { BM_StreamHot(st, t); })
         ->UseRealTime();
   return 0;
 }();

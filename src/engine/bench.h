@@ -36,7 +36,8 @@ Expected<BenchSamples> run_bench(LoadedModel& lm, ThreadPool& pool, const BenchT
 int64_t decode_bytes_per_token(const LoadedModel& lm);
 
 // Sustained read bandwidth of main memory in bytes/s: `bytes` (much larger than the caches)
-// read by every thread of the pool, best of `reps` passes.
+// read by every thread of the pool, best of `reps` passes each of a plain read and of a read
+// with the packed products' software prefetch (the faster of the two on the machines measured).
 double measure_read_bandwidth(ThreadPool& pool, int64_t bytes = int64_t{512} << 20, int reps = 5);
 
 // The CPU's model name from /proc/cpuinfo ("" if unknown).

@@ -128,20 +128,23 @@ inline constexpr int64_t kPrefetchAhead = 32768;
 // 25.0-25.1 GB/s and Q8_0's from 21.1-22.5 to 23.9 (bench/micro Stream/*); with the K-quants'
 // 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone.
 inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
+// Prefetches the line at p into L1 (kL1) or L2.
+template <bool kL1>
+inline void prefetch_line(uintptr_t p) {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (kL1)
+    asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+  else
+    asm volatile("prefetcht2 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+#else
+  __builtin_prefetch(reinterpret_cast<const void*>(p), 0, kL1 ? 3 : 1);
+#endif
+}
 // Prefetches [a, b) line by line into L1 (kL1) or L2. GCC deletes loops of __builtin_prefetch it
 // finds free of side effects; asm volatile stays.
 template <bool kL1>
 inline void prefetch_lines(uintptr_t a, uintptr_t b) {
-  for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    if constexpr (kL1)
-      asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
-    else
-      asm volatile("prefetcht2 %0" : : "m"(*reinterpret_cast<const char*>(p)));
-#else
-    __builtin_prefetch(reinterpret_cast<const void*>(p), 0, kL1 ? 3 : 1);
-#endif
-  }
+  for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_line<kL1>(p);
 }
 // A call that ends at its matrix's last group may prefetch on past it, up to limit: the packed
 // matrices that the next products read (PackedWeights::pack_all lays them out in that order), so
