@@ -21,6 +21,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/repack.h"
+#include "quant/dequantize.h"
 
 namespace {
 
@@ -216,14 +217,27 @@ void matmul_args(benchmark::internal::Benchmark* b) {
 void BM_Attention(benchmark::State& st) {
   const int n_seqs = static_cast<int>(st.range(0)), n_q = static_cast<int>(st.range(1));
   const int threads = static_cast<int>(st.range(2)), ctx = static_cast<int>(st.range(3));
+  const auto kv = st.range(4) == 0 ? k::KvType::kF16 : k::KvType::kQ8_0;
   const int bs = 16, n_heads = 9, n_kv = 3, hd = 64;
   const int blocks_per_seq = (ctx + n_q + bs - 1) / bs;
   const int n_blocks = n_seqs * blocks_per_seq;
   const size_t layer_vals = static_cast<size_t>(n_blocks) * bs * n_kv * hd;
   const int n_layers = static_cast<int>(std::max<size_t>(1, (size_t{96} << 20) / (layer_vals * 4)));
-  std::vector<uint16_t> kc(layer_vals * n_layers), vc(kc.size());
+  // Each layer's K and V: the same random values, as fp16 or as Q8_0 blocks.
   const auto f = random_floats(layer_vals, 5);
-  for (size_t i = 0; i < kc.size(); ++i) kc[i] = vc[i] = fennec::f32_to_fp16(f[i % layer_vals]);
+  const auto layer_bytes = static_cast<size_t>(k::kv_bytes(kv, static_cast<int64_t>(layer_vals)));
+  std::vector<uint8_t> one(layer_bytes);
+  if (kv == k::KvType::kF16)
+    for (size_t i = 0; i < layer_vals; ++i) {
+      const uint16_t h = fennec::f32_to_fp16(f[i]);
+      std::memcpy(one.data() + 2 * i, &h, 2);
+    }
+  else
+    fennec::quant::ref::quantize_q8_0(f.data(), reinterpret_cast<fennec::quant::BlockQ8_0*>(one.data()),
+                                      static_cast<int64_t>(layer_vals / 32));
+  std::vector<uint8_t> kc(layer_bytes * n_layers);
+  for (int l = 0; l < n_layers; ++l) std::memcpy(kc.data() + layer_bytes * l, one.data(), layer_bytes);
+  const std::vector<uint8_t> vc = kc;
   std::vector<int32_t> table(static_cast<size_t>(n_blocks));
   for (int i = 0; i < n_blocks; ++i) table[static_cast<size_t>(i)] = i;
   std::vector<k::AttnSequence> seqs;
@@ -237,9 +251,10 @@ void BM_Attention(benchmark::State& st) {
   p.head_dim_k = p.head_dim_v = hd;
   p.block_size = bs;
   p.scale = 0.125f;
+  p.k_type = p.v_type = kv;
   int layer = 0;
   for (auto _ : st) {
-    const size_t off = layer_vals * static_cast<size_t>(layer);
+    const size_t off = layer_bytes * static_cast<size_t>(layer);
     k::paged_attention(q.data(), n_heads * hd, seqs.data(), n_seqs, kc.data() + off, vc.data() + off, p,
                        out.data(), n_heads * hd, pool(threads));
     benchmark::DoNotOptimize(out.data());
@@ -247,15 +262,16 @@ void BM_Attention(benchmark::State& st) {
   }
   // K and V bytes each query set reads, and its multiply-adds (q.k and p.v per head and key).
   const double keys = static_cast<double>(n_seqs) * (ctx + n_q);
-  st.counters["GB"] = benchmark::Counter(keys * n_kv * hd * 2 * 2 * static_cast<double>(st.iterations()) / 1e9,
+  st.counters["GB"] = benchmark::Counter(keys * static_cast<double>(k::kv_bytes(kv, n_kv * hd)) * 2 * static_cast<double>(st.iterations()) / 1e9,
                                            benchmark::Counter::kIsRate);
   st.counters["GFLOP"] = benchmark::Counter(
       keys * n_q * n_heads * hd * 4.0 * static_cast<double>(st.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_Attention)
-    ->Args({32, 1, 1, 300})->Args({32, 1, 2, 300})->Args({1, 1, 1, 300})->Args({1, 1, 2, 300})
-    ->Args({1, 128, 1, 300})->Args({1, 128, 2, 300})->Args({1, 1, 1, 4096})->Args({1, 1, 2, 4096})
-    ->ArgNames({"seqs", "queries", "threads", "ctx"})->UseRealTime();
+    ->Args({32, 1, 1, 300, 0})->Args({32, 1, 2, 300, 0})->Args({1, 1, 1, 300, 0})->Args({1, 1, 2, 300, 0})
+    ->Args({1, 128, 1, 300, 0})->Args({1, 128, 2, 300, 0})->Args({1, 1, 1, 4096, 0})->Args({1, 1, 2, 4096, 0})
+    ->Args({1, 1, 1, 4096, 1})->Args({1, 1, 2, 4096, 1})->Args({32, 1, 1, 300, 1})
+    ->ArgNames({"seqs", "queries", "threads", "ctx", "q8"})->UseRealTime();
 
 void BM_Swiglu(benchmark::State& st) {
   const int64_t n = 1536 * 32;

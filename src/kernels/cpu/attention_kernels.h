@@ -44,12 +44,6 @@ inline bool decodes_by_query_heads(const AttnParams& p, const AttnSequence& s) {
   return s.n_queries == 1 && p.head_dim_k % 64 == 0;
 }
 
-// Whether the vector bodies read such a decode step's keys and values in the fp16 cache in
-// place instead of converting them to f32 first (a Q8_0 cache is always converted).
-inline bool reads_cache_in_place(const AttnParams& p, const AttnSequence& s) {
-  return decodes_by_query_heads(p, s) && p.k_type == KvType::kF16 && p.v_type == KvType::kF16;
-}
-
 // The address of value `first` of cache row `slot`, for one layer's cache at base with rows of
 // `width` values of type t (for Q8_0, width and first are multiples of 32).
 inline const uint8_t* kv_at(const void* base, KvType t, int64_t width, int64_t slot, int64_t first) {

@@ -4,7 +4,7 @@
 // float operations of attend_scalar (attention.cpp), per output in the same order, arranged
 // for throughput:
 // - a chunk of queries converts its keys and values (fp16 or Q8_0) to f32 once per work item,
-//   inline (no call per row); one query (a decode step) reads an fp16 cache in place, in the
+//   inline (no call per row); one query (a decode step) reads the cache in place, in the
 //   order the cache lies (attend_decode: every KV head of the item on each 8 keys, then on each
 //   block of values), with software prefetch spread over the work;
 // - q.k: each key's dot keeps its lane-wise chains (ggml_vec_dot_f16's four 16-lane
@@ -53,9 +53,11 @@ inline __m256 load_h8(const uint16_t* p) {
 }
 
 // Where an item's key or value rows are read: converted to f32 and gathered (F32Rows: position
-// k's row at base + (k - k0) * stride + off, the rows holding KV heads head0 ..), or in the fp16
-// cache itself through a table of row pointers (F16Rows: rows[k - k0] + off, whole cache rows,
-// head0 = 0). off selects the KV head.
+// k's row at base + (k - k0) * stride + off, the rows holding KV heads head0 ..), or in the
+// cache itself through a table of row pointers (F16Rows, Q8Rows: rows[k - k0] + off, whole
+// cache rows, head0 = 0). off selects the KV head. row() gives a position in values that `+ n`
+// moves along the row; load() reads 8 values there as f32; address() and bytes() are for
+// the prefetches.
 struct F32Rows {
   const float* base;
   int64_t stride;
@@ -64,14 +66,57 @@ struct F32Rows {
   int head0;
   const float* row(int32_t k) const { return base + static_cast<int64_t>(k - k0) * stride + off; }
   static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  template <int N>
+  static void load_run(const float* p, __m256* out) {
+    for (int n = 0; n < N; ++n) out[n] = load(p + 8 * n);
+  }
+  static uintptr_t address(const float* p) { return reinterpret_cast<uintptr_t>(p); }
+  static int64_t bytes(int64_t n_values) { return n_values * 4; }
 };
 struct F16Rows {
-  const uint16_t* const* rows;
+  const uint8_t* const* rows;
   int32_t k0;
   int64_t off;
   int head0;
-  const uint16_t* row(int32_t k) const { return rows[k - k0] + off; }
+  const uint16_t* row(int32_t k) const { return reinterpret_cast<const uint16_t*>(rows[k - k0]) + off; }
   static __m256 load(const uint16_t* p) { return load_h8(p); }
+  template <int N>
+  static void load_run(const uint16_t* p, __m256* out) {
+    for (int n = 0; n < N; ++n) out[n] = load(p + 8 * n);
+  }
+  static uintptr_t address(const uint16_t* p) { return reinterpret_cast<uintptr_t>(p); }
+  static int64_t bytes(int64_t n_values) { return n_values * 2; }
+};
+// Value v of the run of Q8_0 blocks from `blocks` (34 bytes per 32 values: the fp16 scale d,
+// then 32 int8 q).
+struct Q8Pos {
+  const uint8_t* blocks;
+  int64_t v;
+  Q8Pos operator+(int64_t n) const { return {blocks, v + n}; }
+};
+struct Q8Rows {
+  const uint8_t* const* rows;
+  int32_t k0;
+  int64_t off;
+  int head0;
+  Q8Pos row(int32_t k) const { return {rows[k - k0], off}; }
+  // Values v .. v + 8N - 1 as d * q (the same floats gather_rows makes, exact in float), 8N <= 32
+  // and v a multiple of 8N, so within one block: its scale is read once.
+  template <int N>
+  static void load_run(Q8Pos p, __m256* out) {
+    static_assert(32 % (8 * N) == 0);
+    const uint8_t* b = p.blocks + (p.v >> 5) * 34;
+    uint16_t d;
+    std::memcpy(&d, b, 2);
+    const __m256 scale = _mm256_set1_ps(_cvtsh_ss(d));
+    const uint8_t* q = b + 2 + (p.v & 31);
+    for (int n = 0; n < N; ++n) {
+      const __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * n)));
+      out[n] = _mm256_mul_ps(_mm256_cvtepi32_ps(x), scale);
+    }
+  }
+  static uintptr_t address(Q8Pos p) { return reinterpret_cast<uintptr_t>(p.blocks + (p.v >> 5) * 34); }
+  static int64_t bytes(int64_t n_values) { return n_values / 32 * 34; }
 };
 
 // impl::reduce16 (the _mm512_reduce_add_ps order) of the 16 lanes lo (0..7), hi (8..15).
@@ -119,17 +164,18 @@ inline float dot_ggml(const float* a, const float* b, int64_t n) {
 // t3 (the 8-lane sum that reduce16 starts from) of one key k against NQ query rows. kChain:
 // the tinyBLAS chain (dk % 16 == 0); otherwise ggml_vec_dot_f16 (dk % 64 == 0). DK: the head
 // size when known at compile time (0: dk). q[r]: the fp16-rounded query rows.
-template <bool kChain, int NQ, int DK, class Rows, class T>
-__attribute__((always_inline)) inline void key_t3(const float* const* q, const T* k, int dk, __m256* t3) {
+template <bool kChain, int NQ, int DK, class Rows, class P>
+__attribute__((always_inline)) inline void key_t3(const float* const* q, P k, int dk, __m256* t3) {
   const int n = DK > 0 ? DK : dk;
   if constexpr (kChain) {
     __m256 lo[NQ], hi[NQ];
     for (int r = 0; r < NQ; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 16) {
-      const __m256 k0 = Rows::load(k + i), k1 = Rows::load(k + i + 8);
+      __m256 kv[2];
+      Rows::template load_run<2>(k + i, kv);
       for (int r = 0; r < NQ; ++r) {
-        lo[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i), k0, lo[r]);
-        hi[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8), k1, hi[r]);
+        lo[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i), kv[0], lo[r]);
+        hi[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8), kv[1], hi[r]);
       }
     }
     for (int r = 0; r < NQ; ++r) t3[r] = _mm256_add_ps(hi[r], lo[r]);
@@ -138,9 +184,12 @@ __attribute__((always_inline)) inline void key_t3(const float* const* q, const T
     for (int r = 0; r < NQ; ++r)
       for (auto& x : acc[r]) x = _mm256_setzero_ps();
     for (int i = 0; i < n; i += 64)
-      for (int j = 0; j < 8; ++j) {
-        const __m256 kv = Rows::load(k + i + 8 * j);
-        for (int r = 0; r < NQ; ++r) acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8 * j), kv, acc[r][j]);
+      for (int h = 0; h < 2; ++h) {
+        __m256 kv[4];
+        Rows::template load_run<4>(k + i + 32 * h, kv);
+        for (int j = 4 * h; j < 4 * h + 4; ++j)
+          for (int r = 0; r < NQ; ++r)
+            acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q[r] + i + 8 * j), kv[j - 4 * h], acc[r][j]);
       }
     for (int r = 0; r < NQ; ++r) {
       const __m256* a = acc[r];
@@ -274,7 +323,7 @@ struct Prefetcher {
   template <int kHint>
   void step() {
     for (int i = 0; i < per_call && j <= hi; ++i) {
-      const auto a = reinterpret_cast<uintptr_t>(r.row(j)) + static_cast<uintptr_t>(first);
+      const auto a = Rows::address(r.row(j)) + static_cast<uintptr_t>(first);
       const uintptr_t line = (a & ~uintptr_t{63}) + static_cast<uintptr_t>(o);
       _mm_prefetch(reinterpret_cast<const char*>(line), static_cast<_mm_hint>(kHint));
       o += 64;
@@ -303,9 +352,8 @@ void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) acc[i][n] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + (i * NV + n) * 8);
     for (int32_t k = start; k <= k1; k += R) {
-      const auto* vk = vr.row(k) + e;
       __m256 vv[NV];
-      for (int n = 0; n < NV; ++n) vv[n] = Rows::load(vk + 8 * n);
+      Rows::template load_run<NV>(vr.row(k) + e, vv);
       for (int i = 0; i < NR; ++i) {
         const __m256 wk = _mm256_broadcast_ss(w[i] + k);
         for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
@@ -589,8 +637,8 @@ void qk_step(const float* const* q, int n, const Rows& kr, int dk, int32_t j, fl
 // the cache as it lies. The scores take a block of keys at a time for every KV head of the item
 // (whole cache rows, the next block fetched meanwhile); the weighted values a block of
 // positions at a time for every KV head, each head's slot chains going on from block to block.
-template <class Rows>
-void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
+template <class KRows, class VRows>
+void attend_decode(const AttnArgs& a, const AttnItem& w, KRows kr, VRows vr) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
   const int group = p.n_heads / p.n_kv_heads;
@@ -619,17 +667,17 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
     prows[static_cast<size_t>(i)] = probs.data() + static_cast<int64_t>(i) * n_row;
     orows[static_cast<size_t>(i)] = a.out + row * a.ldo + static_cast<int64_t>(head) * dv;
   }
-  auto head_rows = [&](Rows r, int kvh, int d) {
+  auto head_rows = [&](auto r, int kvh, int d) {
     r.off = static_cast<int64_t>(kvh - r.head0) * d;
     return r;
   };
-  const int64_t k_first = static_cast<int64_t>(h0 - kr.head0) * dk * static_cast<int64_t>(sizeof(*kr.row(lo)));
-  const int64_t k_bytes = static_cast<int64_t>(n_kv) * dk * static_cast<int64_t>(sizeof(*kr.row(lo)));
-  const int64_t v_first = static_cast<int64_t>(h0 - vr.head0) * dv * static_cast<int64_t>(sizeof(*vr.row(lo)));
-  const int64_t v_bytes = static_cast<int64_t>(n_kv) * dv * static_cast<int64_t>(sizeof(*vr.row(lo)));
+  const int64_t k_first = KRows::bytes(static_cast<int64_t>(h0 - kr.head0) * dk);
+  const int64_t k_bytes = KRows::bytes(static_cast<int64_t>(n_kv) * dk);
+  const int64_t v_first = VRows::bytes(static_cast<int64_t>(h0 - vr.head0) * dv);
+  const int64_t v_bytes = VRows::bytes(static_cast<int64_t>(n_kv) * dv);
   // Scores: 8 keys at a time (from lo rounded down to 8; up to pos + the overhang), every KV
   // head of the item on them before the next 8, the keys kDecodeQkAhead positions on fetched.
-  Prefetcher<Rows> kpf{kr, k_first, k_bytes};
+  Prefetcher<KRows> kpf{kr, k_first, k_bytes};
   const int32_t k0 = lo / 8 * 8;
   const int k_lines = static_cast<int>(8 * kpf.lines_per_row());
   kpf.template fetch_all<_MM_HINT_T0>(lo, std::min(pos, k0 + kDecodeQkAhead - 1));
@@ -643,7 +691,7 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
   for (int i = 0; i < rows; ++i) softmax_row(p, srows[static_cast<size_t>(i)], prows[static_cast<size_t>(i)], lo, pos, lo, pos);
   // Weighted values, a block of positions at a time; the next block is fetched during this one,
   // a few lines per slot chain.
-  Prefetcher<Rows> vpf{vr, v_first, v_bytes};
+  Prefetcher<VRows> vpf{vr, v_first, v_bytes};
   vpf.template fetch_all<_MM_HINT_T1>(lo, std::min(pos, lo + kDecodePvBlock - 1));
   const int chains = 64 * n_kv * value_blocks(dv);
   const int v_lines = static_cast<int>((kDecodePvBlock * vpf.lines_per_row() + chains - 1) / chains);
@@ -651,7 +699,7 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
     const int32_t c1 = std::min(pos, c0 + kDecodePvBlock - 1);
     vpf.reset(c1 + 1, std::min(pos, c1 + kDecodePvBlock), v_lines);
     for (int kvh = h0; kvh < h1; ++kvh) {
-      const Rows vh = head_rows(vr, kvh, dv);
+      const VRows vh = head_rows(vr, kvh, dv);
       const int n = hr(kvh + 1) - hr(kvh), tiles_h = (n + kPvRows - 1) / kPvRows;
       for (int tile = 0; tile < tiles_h; ++tile) {
         const int r0 = hr(kvh) + n * tile / tiles_h, r1 = hr(kvh) + n * (tile + 1) / tiles_h;
@@ -665,8 +713,8 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, Rows kr, Rows vr) {
 
 // One work item covers a range of KV heads of its sequence (usually all of them). A chunk of
 // queries reads each key many times: its rows (the item's KV heads) are converted to f32 once.
-// One query (a decode step) reads each key once per pass: it reads an fp16 cache in place, and
-// converts a Q8_0 one first like a chunk.
+// One query (a decode step) reads each key once per pass: it reads the cache in place, fp16 or
+// Q8_0 (converting each 8 values as it loads them).
 void attend_simd(const AttnArgs& a, const AttnItem& w) {
   const AttnParams& p = *a.p;
   const AttnSequence& sq = *w.seq;
@@ -676,23 +724,29 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
   const int32_t last_pos = sq.pos0 + w.q_end - 1;
   const int32_t k_lo = p.window > 0 ? std::max(0, first_pos - p.window + 1) : 0;
   const int32_t n_keys = last_pos + 1 - k_lo;
-  if (reads_cache_in_place(p, sq)) {
+  if (decodes_by_query_heads(p, sq)) {
     // Row pointers per position, and 8 more (the 8-key steps' overhang) at a row of zeros.
-    thread_local std::vector<const uint16_t*> krows, vrows;
-    thread_local std::vector<uint16_t> zeros;
-    zeros.resize(static_cast<size_t>(kw));  // never written: new elements are zeros
+    thread_local std::vector<const uint8_t*> krows, vrows;
+    thread_local std::vector<uint8_t> zeros;
+    zeros.resize(static_cast<size_t>(kv_bytes(p.k_type, kw)));  // never written: new elements are zeros
     krows.resize(static_cast<size_t>(n_keys + 8));
     vrows.resize(static_cast<size_t>(n_keys));
-    const auto* kc = static_cast<const uint16_t*>(a.k_cache);
-    const auto* vc = static_cast<const uint16_t*>(a.v_cache);
     for (int32_t j = 0; j < n_keys; ++j) {
-      const int32_t kp = k_lo + j;
-      const int64_t slot = cache_slot(sq.block_table, p.block_size, kp);
-      krows[static_cast<size_t>(j)] = kc + slot * kw;
-      vrows[static_cast<size_t>(j)] = vc + slot * vw;
+      const int64_t slot = cache_slot(sq.block_table, p.block_size, k_lo + j);
+      krows[static_cast<size_t>(j)] = kv_at(a.k_cache, p.k_type, kw, slot, 0);
+      vrows[static_cast<size_t>(j)] = kv_at(a.v_cache, p.v_type, vw, slot, 0);
     }
     for (int j = 0; j < 8; ++j) krows[static_cast<size_t>(n_keys + j)] = zeros.data();
-    attend_decode(a, w, F16Rows{krows.data(), k_lo, 0, 0}, F16Rows{vrows.data(), k_lo, 0, 0});
+    auto with_values = [&](auto kr) {
+      if (p.v_type == KvType::kF16)
+        attend_decode(a, w, kr, F16Rows{vrows.data(), k_lo, 0, 0});
+      else
+        attend_decode(a, w, kr, Q8Rows{vrows.data(), k_lo, 0, 0});
+    };
+    if (p.k_type == KvType::kF16)
+      with_values(F16Rows{krows.data(), k_lo, 0, 0});
+    else
+      with_values(Q8Rows{krows.data(), k_lo, 0, 0});
     return;
   }
   const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
@@ -703,10 +757,7 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
   vals.resize(static_cast<size_t>(n_keys * iv));
   gather_rows(a.k_cache, p.k_type, kw, static_cast<int64_t>(h0) * dk, ik, sq, p.block_size, k_lo, n_keys, keys.data());
   gather_rows(a.v_cache, p.v_type, vw, static_cast<int64_t>(h0) * dv, iv, sq, p.block_size, k_lo, n_keys, vals.data());
-  if (decodes_by_query_heads(p, sq))
-    attend_decode(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
-  else
-    attend_rows(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
+  attend_rows(a, w, F32Rows{keys.data(), ik, k_lo, 0, h0}, F32Rows{vals.data(), iv, k_lo, 0, h0});
 }
 
 }  // namespace
