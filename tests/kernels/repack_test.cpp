@@ -31,6 +31,7 @@ int64_t block_cols(GgmlType t) {
 int64_t block_size(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return 18;
+    case GgmlType::Q4_1: return 20;
     case GgmlType::Q5_0: return 22;
     case GgmlType::Q8_0: return 34;
     case GgmlType::MXFP4: return 17;
@@ -65,6 +66,10 @@ std::vector<uint8_t> random_rows(GgmlType t, int64_t rows, int64_t cols, uint32_
     } else {
       const uint16_t h = f32_to_fp16(u(rng));
       std::memcpy(m.data() + o, &h, 2);
+      if (t == GgmlType::Q4_1) {  // m: a block's minimum, so usually negative
+        const uint16_t mn = f32_to_fp16(-8 * u(rng) + 0.01f);
+        std::memcpy(m.data() + o + 2, &mn, 2);
+      }
     }
   }
   return m;
@@ -80,6 +85,10 @@ std::pair<int32_t, float> decode(GgmlType t, const uint8_t* row, int64_t c) {
     case GgmlType::Q4_0: {
       const auto* x = reinterpret_cast<const quant::BlockQ4_0*>(blk);
       return {nib(x->qs, i, 16) - 8, fp16_to_f32(x->d)};
+    }
+    case GgmlType::Q4_1: {  // x = d * u + m: the m of block_min()
+      const auto* x = reinterpret_cast<const quant::BlockQ4_1*>(blk);
+      return {nib(x->qs, i, 16), fp16_to_f32(x->d)};
     }
     case GgmlType::Q5_0: {
       const auto* x = reinterpret_cast<const quant::BlockQ5_0*>(blk);
@@ -101,6 +110,12 @@ std::pair<int32_t, float> decode(GgmlType t, const uint8_t* row, int64_t c) {
       return {kE2M1Doubled[nib(x->qs + 8 * s, j, 8)], ue4m3_to_f32_half(x->d[s])};
     }
   }
+}
+
+// Q4_1's m of the block holding column c (0 for the other types).
+float block_min(GgmlType t, const uint8_t* row, int64_t c) {
+  if (t != GgmlType::Q4_1) return 0.f;
+  return fp16_to_f32(reinterpret_cast<const quant::BlockQ4_1*>(row)[c / 32].m);
 }
 
 struct Act {
@@ -129,7 +144,8 @@ Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed) {
 }
 
 // The contract: per scale group (32 columns, or 16 for NVFP4), the exact integer sum, then
-// acc = fma(float(isum), scale * d_a, acc) in column order.
+// acc = fma(float(isum), scale * d_a, acc) in column order; Q4_1 then also
+// acc = fma(m, float(sum of the block's activation bytes) * d_a, acc).
 float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_t cols) {
   const int64_t group = t == GgmlType::NVFP4 ? 16 : 32;
   const auto* y = reinterpret_cast<const quant::BlockQ8_0*>(act);
@@ -138,6 +154,11 @@ float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_
     int32_t isum = 0;
     for (int64_t c = c0; c < c0 + group; ++c) isum += decode(t, row, c).first * y[c / 32].qs[c % 32];
     acc = std::fma(static_cast<float>(isum), decode(t, row, c0).second * fp16_to_f32(y[c0 / 32].d), acc);
+    if (t == GgmlType::Q4_1) {
+      int32_t asum = 0;
+      for (int k = 0; k < 32; ++k) asum += y[c0 / 32].qs[k];
+      acc = std::fma(block_min(t, row, c0), static_cast<float>(asum) * fp16_to_f32(y[c0 / 32].d), acc);
+    }
   }
   return acc;
 }
@@ -162,7 +183,10 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
       ASSERT_TRUE(quant::dequantize_row(t, m.data(), deq.data(), cols).has_value());
       for (int64_t c = 0; c < cols; ++c) {
         const auto [x, sc] = decode(t, m.data(), c);
-        ASSERT_EQ(static_cast<float>(x) * sc, deq[static_cast<size_t>(c)]) << "column " << c;
+        if (t == GgmlType::Q4_1)
+          ASSERT_FLOAT_EQ(static_cast<float>(x) * sc + block_min(t, m.data(), c), deq[static_cast<size_t>(c)]) << "column " << c;
+        else
+          ASSERT_EQ(static_cast<float>(x) * sc, deq[static_cast<size_t>(c)]) << "column " << c;
       }
       std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(t, rows, cols)) + 64);
       uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
@@ -195,8 +219,16 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
 
 // matmul through the packed view, against the per-output (ggml order) kernels: the same
 // integer sums in another float order, so equal to a few ulps of the output's magnitude.
+// Q4_1 is packed only on request (repack.h): these tests ask for it.
+struct PackQ4_1 {
+  bool was = pack_q4_1_enabled();
+  PackQ4_1() { set_pack_q4_1_enabled(true); }
+  ~PackQ4_1() { set_pack_q4_1_enabled(was); }
+};
+
 TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   const GgmlType t = GetParam();
+  const PackQ4_1 q4_1;
   const int64_t rows = 50, cols = 256, n_tokens = 11;
   const auto m = random_rows(t, rows, cols, 7);
   WeightView w{t, m.data(), rows, cols, row_bytes(t, cols)};
@@ -216,7 +248,12 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   matmul(pw, x.data(), n_tokens, y1.data(), pool);
   double scale = 0;
   for (float v : y0) scale = std::max(scale, std::fabs(static_cast<double>(v)));
-  for (size_t i = 0; i < y0.size(); ++i) EXPECT_NEAR(y1[i], y0[i], 1e-5 * scale) << i;
+  // Q4_1: the unpacked (ggml) product takes each block's m times Q8_1's s, the activation sum
+  // times d rounded to fp16 (half an fp16 ulp of a sum near 5 is 2^-9); the packed one takes
+  // that product unrounded (Q8_0 activations and their exact sums). With m up to -0.4 over 8
+  // blocks the two differ by up to about 3e-4 of the scale here (seen: 3.4e-3 at scale 11.4).
+  const double tol = t == GgmlType::Q4_1 ? 5e-4 : 1e-5;
+  for (size_t i = 0; i < y0.size(); ++i) EXPECT_NEAR(y1[i], y0[i], tol * scale) << i;
   // A per-tensor output scale (NVFP4's "<name>.scale") multiplies every output, packed or not.
   std::vector<float> y2(y0.size()), y3(y0.size());
   pw.out_scale = w.out_scale = 0.25f;
@@ -234,6 +271,7 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
 // matrix) give the bits of separately packed copies, alone and as one matmul_group pass.
 TEST_P(RepackKernelTest, PackAllLaysMatricesOutInReadingOrder) {
   const GgmlType t = GetParam();
+  const PackQ4_1 q4_1;
   const int64_t cols = 512, n_tokens = 3;
   const int64_t rows[] = {50, 16, 33};
   std::vector<std::vector<uint8_t>> ms;
@@ -426,7 +464,7 @@ TEST(RepackQ6KKernelTest, EveryPathMatchesTheContractBitForBit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, RepackKernelTest,
-                         ::testing::Values(GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::MXFP4,
+                         ::testing::Values(GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::MXFP4,
                                            GgmlType::NVFP4, GgmlType::Q4_K, GgmlType::Q6_K),
                          [](const auto& info) { return std::string(formats::type_name(info.param)); });
 

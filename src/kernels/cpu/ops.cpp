@@ -108,7 +108,9 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   std::vector<Act> acts;
   std::vector<size_t> act_of(jobs.size());
   for (size_t i = 0; i < jobs.size(); ++i) {
-    const ActFormat af = activation_format(jobs[i].w->type);
+    // A packed Q4_1 takes Q8_0 activations with their sums (repack.h), not ggml's Q8_1.
+    const ActFormat af = jobs[i].w->packed && jobs[i].w->type == formats::GgmlType::Q4_1 ? ActFormat::kQ8_0
+                                                                                         : activation_format(jobs[i].w->type);
     size_t a = 0;
     while (a < acts.size() && acts[a].fmt != af) ++a;
     if (a == acts.size()) {

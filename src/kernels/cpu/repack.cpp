@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include <sys/mman.h>
@@ -23,7 +24,8 @@ using formats::GgmlType;
 
 namespace {
 
-// One row's block of 32 columns in packed terms: u per column, the qh word (Q5_0), the scales.
+// One row's block of 32 columns in packed terms: u per column, the qh word (Q5_0), the scales
+// (Q4_1: d, then m).
 struct RowBlock {
   uint8_t u[32] = {};
   uint32_t qh = 0;
@@ -41,6 +43,16 @@ RowBlock read_block(GgmlType t, const uint8_t* row, int64_t b) {
         o.u[i + 16] = x.qs[i] >> 4;
       }
       o.scale[0] = x.d;
+      break;
+    }
+    case GgmlType::Q4_1: {
+      const auto& x = reinterpret_cast<const quant::BlockQ4_1*>(row)[b];
+      for (int i = 0; i < 16; ++i) {
+        o.u[i] = x.qs[i] & 0x0F;
+        o.u[i + 16] = x.qs[i] >> 4;
+      }
+      o.scale[0] = x.d;
+      o.scale[1] = x.m;
       break;
     }
     case GgmlType::Q5_0: {
@@ -109,7 +121,7 @@ void pack_type(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
             q[64 * j + k] = L::kChunks == 8 ? rb.u[4 * j + k]
                                             : static_cast<uint8_t>(rb.u[4 * j + k] | rb.u[16 + 4 * j + k] << 4);
         if constexpr (L::kQh) std::memcpy(q + 64 * L::kChunks, &rb.qh, 4);
-        for (int s = 0; s < L::kScales; ++s) sc[s * kPackRows + r] = rb.scale[s];
+        for (int s = 0; s < L::kScales + (L::kMin ? 1 : 0); ++s) sc[s * kPackRows + r] = rb.scale[s];
       }
     }
   }
@@ -263,7 +275,9 @@ int32_t weight(const uint8_t* q, int r, int c) {
   return static_cast<int32_t>(u) - L::kOffset;
 }
 
-// The defining computation: per output and block, the exact integer sums, then the fma chain.
+// The defining computation: per output and block, the exact integer sums, then the fma chain
+// (for Q4_1, whose x = d * u + m, a second step adds m times the activations' sum:
+// acc = fma(m, float(sum of the block's activation bytes) * d_a, acc)).
 template <class L>
 void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const int64_t gbytes = packed::group_stride<L>(a.nb);
@@ -285,6 +299,11 @@ void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
             const float dd = packed::scale_value<L>(sc[s * kPackRows + r]) * a.act_d[t * a.nb + b];
             acc = std::fma(static_cast<float>(isum), dd, acc);
           }
+          if constexpr (L::kMin) {
+            const int32_t* sum = a.act_sum + 2 * (t * a.nb + b);
+            const float sa = static_cast<float>(sum[0] + sum[1]) * a.act_d[t * a.nb + b];
+            acc = std::fma(fp16_to_f32(sc[L::kScales * kPackRows + r]), sa, acc);
+          }
         }
         a.y[t * a.ldy + g * kPackRows + r] = acc;
       }
@@ -300,7 +319,7 @@ int64_t stride_of(int64_t nb) {
 }  // namespace
 
 bool can_pack(GgmlType t) {
-  return t == GgmlType::Q4_0 || t == GgmlType::Q5_0 || t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ||
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ||
          t == GgmlType::NVFP4 || t == GgmlType::Q4_K || t == GgmlType::Q6_K;
 }
 
@@ -308,6 +327,7 @@ int64_t packed_group_bytes(GgmlType t, int64_t cols) {
   const int64_t nb = cols / quant::kQK;
   switch (t) {
     case GgmlType::Q4_0: return stride_of<packed::Q4_0>(nb);
+    case GgmlType::Q4_1: return stride_of<packed::Q4_1>(nb);
     case GgmlType::Q5_0: return stride_of<packed::Q5_0>(nb);
     case GgmlType::Q8_0: return stride_of<packed::Q8_0>(nb);
     case GgmlType::MXFP4: return stride_of<packed::Mxfp4>(nb);
@@ -325,6 +345,7 @@ int64_t packed_bytes(GgmlType t, int64_t rows, int64_t cols) {
 void pack_groups(const WeightView& w, uint8_t* dst, int64_t g0, int64_t g1) {
   switch (w.type) {
     case GgmlType::Q4_0: pack_type<packed::Q4_0>(w, dst, g0, g1); break;
+    case GgmlType::Q4_1: pack_type<packed::Q4_1>(w, dst, g0, g1); break;
     case GgmlType::Q5_0: pack_type<packed::Q5_0>(w, dst, g0, g1); break;
     case GgmlType::Q8_0: pack_type<packed::Q8_0>(w, dst, g0, g1); break;
     case GgmlType::MXFP4: pack_type<packed::Mxfp4>(w, dst, g0, g1); break;
@@ -348,7 +369,7 @@ void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum)
 }
 
 const PackedGemmOps& packed_gemm_ops_scalar() {
-  static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q5_0>,
+  static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q4_1>, &gemm_scalar<packed::Q5_0>,
                                  &gemm_scalar<packed::Q8_0>, &gemm_scalar<packed::Mxfp4>,
                                  &gemm_scalar<packed::Nvfp4>, &gemm_q4k_scalar, &gemm_q6k_scalar};
   return ops;
@@ -368,6 +389,7 @@ const PackedGemmOps& packed_gemm_ops() {
 PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return ops.q4_0;
+    case GgmlType::Q4_1: return ops.q4_1;
     case GgmlType::Q5_0: return ops.q5_0;
     case GgmlType::Q8_0: return ops.q8_0;
     case GgmlType::MXFP4: return ops.mxfp4;
@@ -392,8 +414,22 @@ bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }
 
 namespace {
+std::atomic<bool>& pack_q4_1_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("FENNEC_PACK_Q4_1");
+    return e && std::strcmp(e, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+
+bool pack_q4_1_enabled() { return pack_q4_1_flag().load(std::memory_order_relaxed); }
+void set_pack_q4_1_enabled(bool on) { pack_q4_1_flag().store(on, std::memory_order_relaxed); }
+
+namespace {
 bool packable(const WeightView& w) {
   if (!can_pack(w.type) || w.packed) return false;
+  if (w.type == GgmlType::Q4_1 && !pack_q4_1_enabled()) return false;
   const int64_t per_block = w.type == GgmlType::NVFP4                                ? quant::kQKNvfp4
                             : w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K ? quant::kQKK
                                                                                    : quant::kQK;

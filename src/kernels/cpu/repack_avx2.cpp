@@ -82,7 +82,9 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     unpack<L>(grp + at.quants, h, w);
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
-    __m256 dw[L::kScales];
+    __m256 dw[L::kScales], mw = _mm256_setzero_ps();
+    if constexpr (L::kMin)
+      mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + L::kScales * kPackRows + 8 * h)));
     for (int s = 0; s < L::kScales; ++s) {
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + s * kPackRows + 8 * h));
       if constexpr (L::kBf16Scale)
@@ -112,6 +114,8 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
       if constexpr (L::kScales == 1) {
         const __m256i s = _mm256_add_epi32(half_sums[0], half_sums[1]);
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], da), acc[t]);
+        if constexpr (L::kMin)
+          acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(static_cast<float>(sum[0] + sum[1]) * ad[t * a.nb + b]), acc[t]);
       } else {
         for (int hh = 0; hh < 2; ++hh)
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_sums[hh]), _mm256_mul_ps(dw[hh], da), acc[t]);
@@ -311,7 +315,7 @@ void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx2() {
-  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q4_1>, &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
                                  &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &kquant_gemm<Q4KHalves>,
                                  &kquant_gemm<Q6KHalves>};
   return ops;

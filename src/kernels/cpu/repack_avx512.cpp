@@ -107,7 +107,9 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     unpack<L>(grp + at.quants, w);
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
-    __m512 dw[L::kScales];
+    __m512 dw[L::kScales], mw = _mm512_setzero_ps();
+    if constexpr (L::kMin)
+      mw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + L::kScales * kPackRows)));
 #pragma GCC unroll 2
     for (int s = 0; s < L::kScales; ++s) {
       const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + s * kPackRows));
@@ -124,6 +126,8 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
       if constexpr (L::kScales == 1) {
         const __m512i s = dot_steps<T>(_mm512_set1_epi32(-L::kOffset * (sum[0] + sum[1])), w, y, 0, 8);
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[0], da), acc[t]);
+        if constexpr (L::kMin)
+          acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(static_cast<float>(sum[0] + sum[1]) * ad[t * a.nb + b]), acc[t]);
       } else {
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
@@ -330,7 +334,7 @@ void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 }  // namespace
 
 const PackedGemmOps& packed_gemm_ops_avx512() {
-  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
+  static const PackedGemmOps ops{&gemm<packed::Q4_0>,  &gemm<packed::Q4_1>, &gemm<packed::Q5_0>,  &gemm<packed::Q8_0>,
                                  &gemm<packed::Mxfp4>, &gemm<packed::Nvfp4>, &kquant_gemm<Q4KTiles>,
                                  &kquant_gemm<Q6KTiles>};
   return ops;
