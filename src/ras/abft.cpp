@@ -17,10 +17,7 @@ Expected<AbftMatrix> abft_prepare(const kernels::WeightView& w) {
   AbftMatrix m;
   m.rows = w.rows;
   m.cols = w.cols;
-  // A packed Q4_1 multiplies Q8_0 activations (kernels/cpu/repack.h), whose rounded values times
-  // the dequantized rows (m included) are its products exactly: no Q8_1 sum correction.
-  const bool packed_q4_1 = w.packed && w.type == formats::GgmlType::Q4_1;
-  m.act = packed_q4_1 ? kernels::ActFormat::kQ8_0 : kernels::activation_format(w.type);
+  m.act = kernels::activation_format(w.type);
   m.colsum.assign(static_cast<size_t>(w.cols), 0.0);
   m.abs_colsum.assign(static_cast<size_t>(w.cols), 0.0);
   // A few rows at a time: get_rows dequantizes every type the products accept.
@@ -40,7 +37,7 @@ Expected<AbftMatrix> abft_prepare(const kernels::WeightView& w) {
       }
     }
   }
-  if ((w.type == formats::GgmlType::Q4_1 && !packed_q4_1) || w.type == formats::GgmlType::Q5_1) {
+  if (w.type == formats::GgmlType::Q4_1 || w.type == formats::GgmlType::Q5_1) {
     // Both blocks start with fp16 d, fp16 m; 32 weights each.
     const int64_t nb = w.cols / 32, bb = w.row_bytes / std::max<int64_t>(1, nb);
     m.block_m.assign(static_cast<size_t>(nb), 0.0);

@@ -125,11 +125,12 @@ struct Act {
   int64_t stride = 0;
 };
 
-Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed) {
+// Q8_0 rows with their side data, or for Q4_1 (ggml's order) Q8_1 rows.
+Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed, ActFormat fmt = ActFormat::kQ8_0) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   Act a;
-  a.stride = quantized_act_bytes(ActFormat::kQ8_0, cols);
+  a.stride = quantized_act_bytes(fmt, cols);
   a.q8.resize(static_cast<size_t>(n_tokens * a.stride));
   const int64_t nb = cols / 32;
   a.d.resize(static_cast<size_t>(n_tokens * nb));
@@ -137,16 +138,33 @@ Act make_act(int64_t n_tokens, int64_t cols, uint32_t seed) {
   std::vector<float> x(static_cast<size_t>(cols));
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (auto& v : x) v = nd(rng) * (t % 3 == 0 ? 10.f : 1.f);
-    quantize_act(ActFormat::kQ8_0, x.data(), a.q8.data() + t * a.stride, cols);
-    packed_act_sides(a.q8.data() + t * a.stride, nb, a.d.data() + t * nb, a.sum.data() + 2 * t * nb);
+    quantize_act(fmt, x.data(), a.q8.data() + t * a.stride, cols);
+    if (fmt == ActFormat::kQ8_0)
+      packed_act_sides(a.q8.data() + t * a.stride, nb, a.d.data() + t * nb, a.sum.data() + 2 * t * nb);
   }
   return a;
 }
 
 // The contract: per scale group (32 columns, or 16 for NVFP4), the exact integer sum, then
-// acc = fma(float(isum), scale * d_a, acc) in column order; Q4_1 then also
-// acc = fma(m, float(sum of the block's activation bytes) * d_a, acc).
+// acc = fma(float(isum), scale * d_a, acc) in column order; Q4_1 in ggml's order (below).
 float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_t cols) {
+  if (t == GgmlType::Q4_1) {
+    // ggml's order (ggml_vec_dot_q4_1_q8_1 as GCC compiles it): 8 float lanes, lane l the exact
+    // sum over columns 4l..4l+3 of each block, acc_l = fma(lane, d * d_y, acc_l); summs =
+    // fma(m, s_y, summs); out = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) + summs.
+    const auto* y = reinterpret_cast<const quant::BlockQ8_1*>(act);
+    float lanes[8] = {}, summs = 0.f;
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      const float dd = decode(t, row, 32 * b).second * fp16_to_f32(y[b].d);
+      summs = std::fma(block_min(t, row, 32 * b), fp16_to_f32(y[b].s), summs);
+      for (int l = 0; l < 8; ++l) {
+        int32_t lane = 0;
+        for (int64_t c = 32 * b + 4 * l; c < 32 * b + 4 * l + 4; ++c) lane += decode(t, row, c).first * y[b].qs[c % 32];
+        lanes[l] = std::fma(static_cast<float>(lane), dd, lanes[l]);
+      }
+    }
+    return ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])) + summs;
+  }
   const int64_t group = t == GgmlType::NVFP4 ? 16 : 32;
   const auto* y = reinterpret_cast<const quant::BlockQ8_0*>(act);
   float acc = 0.f;
@@ -154,11 +172,6 @@ float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_
     int32_t isum = 0;
     for (int64_t c = c0; c < c0 + group; ++c) isum += decode(t, row, c).first * y[c / 32].qs[c % 32];
     acc = std::fma(static_cast<float>(isum), decode(t, row, c0).second * fp16_to_f32(y[c0 / 32].d), acc);
-    if (t == GgmlType::Q4_1) {
-      int32_t asum = 0;
-      for (int k = 0; k < 32; ++k) asum += y[c0 / 32].qs[k];
-      acc = std::fma(block_min(t, row, c0), static_cast<float>(asum) * fp16_to_f32(y[c0 / 32].d), acc);
-    }
   }
   return acc;
 }
@@ -193,7 +206,8 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
       const int64_t groups = (rows + kPackRows - 1) / kPackRows;
       pack_groups(w, p, 0, groups);
       for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17}) {
-        const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens));
+        const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens),
+                               t == GgmlType::Q4_1 ? ActFormat::kQ8_1 : ActFormat::kQ8_0);
         for (auto [ops, name] : paths) {
           const int64_t ldy = rows + 3;
           std::vector<float> y(static_cast<size_t>(n_tokens * ldy), -1.f);
@@ -248,11 +262,8 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
   matmul(pw, x.data(), n_tokens, y1.data(), pool);
   double scale = 0;
   for (float v : y0) scale = std::max(scale, std::fabs(static_cast<double>(v)));
-  // Q4_1: the unpacked (ggml) product takes each block's m times Q8_1's s, the activation sum
-  // times d rounded to fp16 (half an fp16 ulp of a sum near 5 is 2^-9); the packed one takes
-  // that product unrounded (Q8_0 activations and their exact sums). With m up to -0.4 over 8
-  // blocks the two differ by up to about 3e-4 of the scale here (seen: 3.4e-3 at scale 11.4).
-  const double tol = t == GgmlType::Q4_1 ? 5e-4 : 1e-5;
+  // Q4_1's packed products keep ggml's order, as the unpacked ones do: the same bits.
+  const double tol = t == GgmlType::Q4_1 ? 0 : 1e-5;
   for (size_t i = 0; i < y0.size(); ++i) EXPECT_NEAR(y1[i], y0[i], tol * scale) << i;
   // A per-tensor output scale (NVFP4's "<name>.scale") multiplies every output, packed or not.
   std::vector<float> y2(y0.size()), y3(y0.size());

@@ -108,9 +108,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   std::vector<Act> acts;
   std::vector<size_t> act_of(jobs.size());
   for (size_t i = 0; i < jobs.size(); ++i) {
-    // A packed Q4_1 takes Q8_0 activations with their sums (repack.h), not ggml's Q8_1.
-    const ActFormat af = jobs[i].w->packed && jobs[i].w->type == formats::GgmlType::Q4_1 ? ActFormat::kQ8_0
-                                                                                         : activation_format(jobs[i].w->type);
+    const ActFormat af = activation_format(jobs[i].w->type);
     size_t a = 0;
     while (a < acts.size() && acts[a].fmt != af) ++a;
     if (a == acts.size()) {
@@ -160,8 +158,10 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     fns[i] = quant_gemm_fn(w.type, w.rows);
     if (w.packed) {
       pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
-      const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;  // Q8_K: no side data
-      pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, k ? nullptr : sd, k ? nullptr : ss,
+      // Q8_K (Q4_K, Q6_K) and Q8_1 (Q4_1) activations: no side data.
+      const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;
+      const bool no_sides = k || w.type == formats::GgmlType::Q4_1;
+      pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, no_sides ? nullptr : sd, no_sides ? nullptr : ss,
                   n_tokens,      jobs[i].y,  args[i].ldy,   w.rows,   w.packed_run_end};
     }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;

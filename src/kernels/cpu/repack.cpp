@@ -275,11 +275,43 @@ int32_t weight(const uint8_t* q, int r, int c) {
   return static_cast<int32_t>(u) - L::kOffset;
 }
 
-// The defining computation: per output and block, the exact integer sums, then the fma chain
-// (for Q4_1, whose x = d * u + m, a second step adds m times the activations' sum:
-// acc = fma(m, float(sum of the block's activation bytes) * d_a, acc)).
+// Q4_1 (kLanes), in ggml's order with Q8_1 activations: per output, 8 float lanes, lane l the
+// exact sum over columns 4l..4l+3 (packed step l), acc_l = fma(float(lane_l), d * d_y, acc_l),
+// and summs = fma(m, s_y, summs) (ggml's summs += m * s, contracted as GCC compiles it); the
+// output is ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)) + summs.
+template <class L>
+void gemm_scalar_lanes(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * gbytes;
+    const int nr = static_cast<int>(std::min<int64_t>(kPackRows, a.rows - g * kPackRows));
+    for (int64_t t = 0; t < a.n_tokens; ++t) {
+      const auto* act = reinterpret_cast<const quant::BlockQ8_1*>(a.act + t * a.act_stride);
+      for (int r = 0; r < nr; ++r) {
+        float acc[8] = {}, summs = 0.0f;
+        for (int64_t b = 0; b < a.nb; ++b) {
+          const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+          const uint8_t* q = grp + at.quants;
+          const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
+          const float dd = fp16_to_f32(sc[r]) * fp16_to_f32(act[b].d);
+          summs = std::fma(fp16_to_f32(sc[kPackRows + r]), fp16_to_f32(act[b].s), summs);
+          for (int l = 0; l < 8; ++l) {
+            int32_t lane = 0;
+            for (int c = 4 * l; c < 4 * l + 4; ++c) lane += weight<L>(q, r, c) * act[b].qs[c];
+            acc[l] = std::fma(static_cast<float>(lane), dd, acc[l]);
+          }
+        }
+        a.y[t * a.ldy + g * kPackRows + r] =
+            ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + summs;
+      }
+    }
+  }
+}
+
+// The defining computation: per output and block, the exact integer sums, then the fma chain.
 template <class L>
 void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  if constexpr (L::kLanes) return gemm_scalar_lanes<L>(a, g0, g1);
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   constexpr int kCols = 32 / L::kScales;  // columns per scale
   for (int64_t g = g0; g < g1; ++g) {
@@ -299,11 +331,7 @@ void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
             const float dd = packed::scale_value<L>(sc[s * kPackRows + r]) * a.act_d[t * a.nb + b];
             acc = std::fma(static_cast<float>(isum), dd, acc);
           }
-          if constexpr (L::kMin) {
-            const int32_t* sum = a.act_sum + 2 * (t * a.nb + b);
-            const float sa = static_cast<float>(sum[0] + sum[1]) * a.act_d[t * a.nb + b];
-            acc = std::fma(fp16_to_f32(sc[L::kScales * kPackRows + r]), sa, acc);
-          }
+
         }
         a.y[t * a.ldy + g * kPackRows + r] = acc;
       }

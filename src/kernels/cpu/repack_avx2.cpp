@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/float_convert.h"
 #include "kernels/cpu/repack.h"
 #include "kernels/cpu/repack_layout.h"
 #include "quant/blocks.h"
@@ -82,9 +83,7 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     unpack<L>(grp + at.quants, h, w);
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
-    __m256 dw[L::kScales], mw = _mm256_setzero_ps();
-    if constexpr (L::kMin)
-      mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + L::kScales * kPackRows + 8 * h)));
+    __m256 dw[L::kScales];
     for (int s = 0; s < L::kScales; ++s) {
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + s * kPackRows + 8 * h));
       if constexpr (L::kBf16Scale)
@@ -114,8 +113,7 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
       if constexpr (L::kScales == 1) {
         const __m256i s = _mm256_add_epi32(half_sums[0], half_sums[1]);
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], da), acc[t]);
-        if constexpr (L::kMin)
-          acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(static_cast<float>(sum[0] + sum[1]) * ad[t * a.nb + b]), acc[t]);
+
       } else {
         for (int hh = 0; hh < 2; ++hh)
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_sums[hh]), _mm256_mul_ps(dw[hh], da), acc[t]);
@@ -125,12 +123,53 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
+// Q4_1 (kLanes) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
+// 8 accumulators (one per packed step, ggml's float lane) and the m terms' own chain.
+template <class L>
+void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
+                     const packed::Prefetcher* pf, int64_t step0) {
+  static_assert(L::kChunks == 4 && !L::kQh && !L::kLut);
+  __m256 acc[8], summs = _mm256_setzero_ps();
+  for (auto& x : acc) x = _mm256_setzero_ps();
+  const auto* act = reinterpret_cast<const quant::BlockQ8_1*>(a.act + t0 * a.act_stride);
+  const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    const uint8_t* q = grp + at.quants;
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
+    const quant::BlockQ8_1& y = act[b];
+    const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 8 * h)));
+    const __m256 mx = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + kPackRows + 8 * h)));
+    const __m256 dd = _mm256_mul_ps(dx, _mm256_set1_ps(fp16_to_f32(y.d)));
+    summs = _mm256_fmadd_ps(mx, _mm256_set1_ps(fp16_to_f32(y.s)), summs);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32 * h));
+      const __m256i lo = _mm256_and_si256(c, m4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+      const __m256i l0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(y.qs + 4 * j)), ones);
+      const __m256i l1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(y.qs + 16 + 4 * j)), ones);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l0), dd, acc[j]);
+      acc[j + 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l1), dd, acc[j + 4]);
+    }
+  }
+  const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+  const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo, hi), summs));
+}
+
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
           const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
-  if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
+  if constexpr (L::kLanes) {
+    for (int t = 0; t < T; ++t) {
+      half_tile_lanes<L>(a, grp, 0, t0 + t, &out[0][t][0], t == 0 ? pf : nullptr, step0);
+      if (nr > 8) half_tile_lanes<L>(a, grp, 1, t0 + t, &out[1][t][0], nullptr, 0);
+    }
+  } else {
+    half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
+    if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
+  }
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
     for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];

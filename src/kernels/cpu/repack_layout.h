@@ -29,28 +29,29 @@ namespace fennec::kernels::packed {
 
 struct Q4_0 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 8;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
 };
-// Q4_1: x = d * u + m; the rows' m (fp16) follow their d in the block's scales.
+// Q4_1: x = d * u + m; the rows' m (fp16) follow their d in the block's scales. kLanes: its
+// products take ggml's order (Q8_1 activations, 8 float lanes per output: repack.h).
 struct Q4_1 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 0;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = true;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = true, kLanes = true;
 };
 struct Q5_0 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 16;
-  static constexpr bool kQh = true, kLut = false, kBf16Scale = false, kMin = false;
+  static constexpr bool kQh = true, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
 };
 struct Q8_0 {
   static constexpr int kChunks = 8, kScales = 1, kOffset = 128;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
 };
 struct Mxfp4 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 12;
-  static constexpr bool kQh = false, kLut = true, kBf16Scale = true, kMin = false;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = true, kMin = false, kLanes = false;
 };
 struct Nvfp4 {
   static constexpr int kChunks = 4, kScales = 2, kOffset = 12;
-  static constexpr bool kQh = false, kLut = true, kBf16Scale = false, kMin = false;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = false, kMin = false, kLanes = false;
 };
 
 // Q4_K, per 256-column super-block of a group (2368 bytes, a multiple of 64): the quants as
