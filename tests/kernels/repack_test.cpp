@@ -233,7 +233,7 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
 
 // matmul through the packed view, against the per-output (ggml order) kernels: the same
 // integer sums in another float order, so equal to a few ulps of the output's magnitude.
-// Q4_1 is packed only on request (repack.h): these tests ask for it.
+// Q4_1 is packed unless FENNEC_PACK_Q4_1=0 (repack.h): these tests ask for it either way.
 struct PackQ4_1 {
   bool was = pack_q4_1_enabled();
   PackQ4_1() { set_pack_q4_1_enabled(true); }

@@ -36,7 +36,7 @@ struct Case {
   const char* fixture;
   double min_agreement;  // top-1 agreement this model must reach
   bool decode;           // one token per forward call
-  bool packed = true;    // Q4_0/Q8_0 matrices repacked (kernels/cpu/repack.h), as fennec runs
+  bool packed = true;    // Q4_0/Q4_1/Q8_0 matrices repacked (kernels/cpu/repack.h), as fennec runs
   // The KV cache's K and V type. For q8_0 the fixture is llama.cpp with a q8_0 cache too, which
   // needs its flash attention (another order of operations: see the instantiation below).
   kernels::KvType kv = kernels::KvType::kF16;

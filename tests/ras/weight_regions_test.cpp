@@ -74,22 +74,28 @@ class LoadedWeights : public ::testing::Test {
                                std::filesystem::copy_options::overwrite_existing);
     engine::LoadOptions o;
     o.n_ctx = 64;
+    // SmolLM2 with its Q4_1 matrices left unpacked (read mapped) and only the Q8_0 embedding tied
+    // to the output packed: the mix of packed copies and mapped tensors these tests are about.
+    kernels::set_pack_q4_1_enabled(false);
     auto l = engine::LoadedModel::load(path, o);
+    kernels::set_pack_q4_1_enabled(pack_q4_1);
     ASSERT_TRUE(l) << l.error().message;
     lm = std::move(*l);
   }
   void TearDown() override {
+    kernels::set_pack_q4_1_enabled(pack_q4_1);
     lm.reset();
     if (!dir.empty()) std::filesystem::remove_all(dir);
   }
+  const bool pack_q4_1 = kernels::pack_q4_1_enabled();
   std::filesystem::path dir;
   std::string path;
   std::unique_ptr<engine::LoadedModel> lm;
 };
 
 TEST_F(LoadedWeights, SmolLM2RegionsAreWhatTheKernelsRead) {
-  // SmolLM2 Q4_1: the Q4_1 matrices are not packed (read mapped), the Q8_0 embedding tied to the
-  // output is packed for the output product and read in place by the lookup.
+  // SmolLM2 Q4_1 as loaded here: the Q4_1 matrices are not packed (read mapped), the Q8_0
+  // embedding tied to the output is packed for the output product and read in place by the lookup.
   const auto r = weight_scrub_regions(lm->model());
   std::map<std::string, size_t> by_name;
   for (const auto& x : r) by_name[x.name] = x.size;

@@ -445,7 +445,7 @@ namespace {
 std::atomic<bool>& pack_q4_1_flag() {
   static std::atomic<bool> on{[] {
     const char* e = std::getenv("FENNEC_PACK_Q4_1");
-    return e && std::strcmp(e, "1") == 0;
+    return !(e && std::strcmp(e, "0") == 0);
   }()};
   return on;
 }

@@ -9,8 +9,12 @@
 // pay a convert and an fma per 8 columns. Every ISA path (scalar, AVX2, AVX-512) computes exactly
 // these steps, so all give the same bits, for any number of tokens (batch invariance).
 //
-// Types: Q4_0, Q5_0, Q8_0 (ggml's layouts, one fp16 scale per 32 columns), Q4_1 (also its fp16
-// m per 32 columns: a second fma step per block, m times the activations' sum), the FP4 types
+// Q4_1 (its fp16 d and m per 32 columns) is the exception: its products keep ggml's float order
+// exactly, with Q8_1 activations (ggml_vec_dot_q4_1_q8_1: 8 float lanes per output, lane l over
+// columns 4l..4l+3 of each block, which is packed step l; the m terms' chain fma(m, s_y, summs);
+// repack.cpp's gemm_scalar_lanes defines it), so the default SmolLM2 Q4_1 matches llama.cpp
+// bit for bit packed or not.
+// Types: Q4_0, Q5_0, Q8_0 (ggml's layouts, one fp16 scale per 32 columns), Q4_1, the FP4 types
 // MXFP4 (E8M0 scale per 32) and NVFP4 (UE4M3 scale per 16), whose products exist only packed,
 // and Q4_K (per super-block of 256 columns: exact integer sums over its 8 scaled sub-blocks,
 // then two fma steps, for the scales and for the mins; Q4_K takes 2.8% more memory) and Q6_K
@@ -107,12 +111,9 @@ class PackedWeights {
 bool repack_enabled();
 void set_repack_enabled(bool on);  // for tests: affects models loaded afterwards
 
-// Q4_1 matrices are packed only with FENNEC_PACK_Q4_1=1 (or after set_pack_q4_1_enabled(true)),
-// for now. Packed, SmolLM2 Q4_1 decodes 60-80% faster and prefills about 2x faster (bench/vs-llamacpp),
-// but its logits no longer equal llama.cpp's bit for bit (top-1 agreement 95% on the reference
-// text, mean KL 0.003, NLL within 0.03%: the packed chain order, and each block's m times the
-// exact activation sum where ggml's Q8_1 rounds that sum times d to fp16), and the tests that
-// hold the default model to llama.cpp's exact tokens are not yet adapted to that.
+// Q4_1 matrices are packed unless FENNEC_PACK_Q4_1=0 (or set_pack_q4_1_enabled(false)). Packed,
+// SmolLM2 Q4_1 decodes 40-100% faster, and prefills 8-30% slower: a pass takes at most two
+// tokens (AVX-512; one on AVX2) where the unpacked kernel tiles many (bench/vs-llamacpp).
 bool pack_q4_1_enabled();
 void set_pack_q4_1_enabled(bool on);
 
