@@ -113,7 +113,6 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
       if constexpr (L::kScales == 1) {
         const __m256i s = _mm256_add_epi32(half_sums[0], half_sums[1]);
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], da), acc[t]);
-
       } else {
         for (int hh = 0; hh < 2; ++hh)
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_sums[hh]), _mm256_mul_ps(dw[hh], da), acc[t]);

@@ -125,7 +125,6 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
       if constexpr (L::kScales == 1) {
         const __m512i s = dot_steps<T>(_mm512_set1_epi32(-L::kOffset * (sum[0] + sum[1])), w, y, 0, 8);
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[0], da), acc[t]);
-
       } else {
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
