@@ -158,10 +158,9 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     fns[i] = quant_gemm_fn(w.type, w.rows);
     if (w.packed) {
       pfns[i] = packed_gemm_pick(packed_gemm_ops(), w.type);
-      // Q8_K (Q4_K, Q6_K) and Q8_1 (Q4_1) activations: no side data.
       const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;
-      const bool no_sides = k || w.type == formats::GgmlType::Q4_1;
-      pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, no_sides ? nullptr : sd, no_sides ? nullptr : ss,
+      const bool sides = a.fmt == ActFormat::kQ8_0;  // Q8_K (Q4_K, Q6_K), Q8_1 (Q4_1): none
+      pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, sides ? sd : nullptr, sides ? ss : nullptr,
                   n_tokens,      jobs[i].y,  args[i].ldy,   w.rows,   w.packed_run_end};
     }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;

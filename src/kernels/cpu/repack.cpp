@@ -275,7 +275,7 @@ int32_t weight(const uint8_t* q, int r, int c) {
   return static_cast<int32_t>(u) - L::kOffset;
 }
 
-// Q4_1 (kLanes), in ggml's order with Q8_1 activations: per output, 8 float lanes, lane l the
+// Q4_1 (kMin), in ggml's order with Q8_1 activations: per output, 8 float lanes, lane l the
 // exact sum over columns 4l..4l+3 (packed step l), acc_l = fma(float(lane_l), d * d_y, acc_l),
 // and summs = fma(m, s_y, summs) (ggml's summs += m * s, contracted as GCC compiles it); the
 // output is ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)) + summs.
@@ -311,7 +311,7 @@ void gemm_scalar_lanes(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
 // The defining computation: per output and block, the exact integer sums, then the fma chain.
 template <class L>
 void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  if constexpr (L::kLanes) return gemm_scalar_lanes<L>(a, g0, g1);
+  if constexpr (L::kMin) return gemm_scalar_lanes<L>(a, g0, g1);
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   constexpr int kCols = 32 / L::kScales;  // columns per scale
   for (int64_t g = g0; g < g1; ++g) {
@@ -331,7 +331,6 @@ void gemm_scalar(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
             const float dd = packed::scale_value<L>(sc[s * kPackRows + r]) * a.act_d[t * a.nb + b];
             acc = std::fma(static_cast<float>(isum), dd, acc);
           }
-
         }
         a.y[t * a.ldy + g * kPackRows + r] = acc;
       }
@@ -429,27 +428,23 @@ PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, GgmlType t) {
 }
 
 namespace {
+// On unless the environment variable is "0".
+bool env_not_zero(const char* name) {
+  const char* e = std::getenv(name);
+  return !(e && std::strcmp(e, "0") == 0);
+}
 std::atomic<bool>& repack_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("FENNEC_REPACK");
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
+  static std::atomic<bool> on{env_not_zero("FENNEC_REPACK")};
+  return on;
+}
+std::atomic<bool>& pack_q4_1_flag() {
+  static std::atomic<bool> on{env_not_zero("FENNEC_PACK_Q4_1")};
   return on;
 }
 }  // namespace
 
 bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }
-
-namespace {
-std::atomic<bool>& pack_q4_1_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("FENNEC_PACK_Q4_1");
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
-  return on;
-}
-}  // namespace
 
 bool pack_q4_1_enabled() { return pack_q4_1_flag().load(std::memory_order_relaxed); }
 void set_pack_q4_1_enabled(bool on) { pack_q4_1_flag().store(on, std::memory_order_relaxed); }

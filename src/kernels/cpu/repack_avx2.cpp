@@ -122,7 +122,7 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
-// Q4_1 (kLanes) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
+// Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
 // 8 accumulators (one per packed step, ggml's float lane) and the m terms' own chain.
 template <class L>
 void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
@@ -160,7 +160,7 @@ template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
           const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  if constexpr (L::kLanes) {
+  if constexpr (L::kMin) {
     for (int t = 0; t < T; ++t) {
       half_tile_lanes<L>(a, grp, 0, t0 + t, &out[0][t][0], t == 0 ? pf : nullptr, step0);
       if (nr > 8) half_tile_lanes<L>(a, grp, 1, t0 + t, &out[1][t][0], nullptr, 0);

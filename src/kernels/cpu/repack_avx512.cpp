@@ -90,9 +90,58 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
   }
 }
 
+// Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes): 8 accumulators per token, one
+// per packed step (ggml's float lane), and the m terms' own chain; T <= 2 keeps them in registers.
+template <class L, int T>
+void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
+                const packed::Prefetcher* pf, int64_t step0) {
+  __m512 acc[T][8], summs[T];
+  const quant::BlockQ8_1* act[T];
+  for (int t = 0; t < T; ++t) {
+    for (auto& x : acc[t]) x = _mm512_setzero_ps();
+    summs[t] = _mm512_setzero_ps();
+    act[t] = reinterpret_cast<const quant::BlockQ8_1*>(a.act + (t0 + t) * a.act_stride);
+  }
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step(step0 + b);
+    __m512i w[8];
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    unpack<L>(grp + at.quants, w);
+    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
+    const __m512 dx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc)));
+    const __m512 mx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + kPackRows)));
+    for (int t = 0; t < T; ++t) {
+      const quant::BlockQ8_1& y = act[t][b];
+      const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(fp16_to_f32(y.d)));
+      summs[t] = _mm512_fmadd_ps(mx, _mm512_set1_ps(fp16_to_f32(y.s)), summs[t]);
+#pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l) {
+        const __m512i lane = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[l], bcast4(y.qs + 4 * l));
+        acc[t][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lane), dd, acc[t][l]);
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    const __m512* c = acc[t];
+    const __m512 lo = _mm512_add_ps(_mm512_add_ps(c[0], c[4]), _mm512_add_ps(c[2], c[6]));
+    const __m512 hi = _mm512_add_ps(_mm512_add_ps(c[1], c[5]), _mm512_add_ps(c[3], c[7]));
+    _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, _mm512_add_ps(_mm512_add_ps(lo, hi), summs[t]));
+  }
+}
+
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
           __mmask16 mask, const packed::Prefetcher* pf, int64_t step0) {
+  if constexpr (L::kMin) {  // ggml's order: two tokens per pass (tile_lanes)
+    for (int t = 0; t < T; t += 2) {
+      const packed::Prefetcher* p = t == 0 ? pf : nullptr;
+      if (t + 2 <= T)
+        tile_lanes<L, 2>(a, grp, t0 + t, row0, mask, p, step0);
+      else
+        tile_lanes<L, 1>(a, grp, t0 + t, row0, mask, p, step0);
+    }
+    return;
+  }
   __m512 acc[T];
   const BlockQ8_0* act[T];
 #pragma GCC unroll 8
@@ -138,64 +187,8 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
-// Q4_1 (kLanes) in ggml's order (repack.cpp, gemm_scalar_lanes): 8 accumulators per token, one
-// per packed step (ggml's float lane), and the m terms' own chain; T <= 2 keeps them in registers.
-template <class L, int T>
-void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
-                const packed::Prefetcher* pf, int64_t step0) {
-  __m512 acc[T][8], summs[T];
-  const quant::BlockQ8_1* act[T];
-  for (int t = 0; t < T; ++t) {
-    for (auto& x : acc[t]) x = _mm512_setzero_ps();
-    summs[t] = _mm512_setzero_ps();
-    act[t] = reinterpret_cast<const quant::BlockQ8_1*>(a.act + (t0 + t) * a.act_stride);
-  }
-  for (int64_t b = 0; b < a.nb; ++b) {
-    if (pf) pf->step(step0 + b);
-    __m512i w[8];
-    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
-    unpack<L>(grp + at.quants, w);
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
-    const __m512 dx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc)));
-    const __m512 mx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + kPackRows)));
-    for (int t = 0; t < T; ++t) {
-      const quant::BlockQ8_1& y = act[t][b];
-      const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(fp16_to_f32(y.d)));
-      summs[t] = _mm512_fmadd_ps(mx, _mm512_set1_ps(fp16_to_f32(y.s)), summs[t]);
-#pragma GCC unroll 8
-      for (int l = 0; l < 8; ++l) {
-        const __m512i lane = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[l], bcast4(y.qs + 4 * l));
-        acc[t][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lane), dd, acc[t][l]);
-      }
-    }
-  }
-  for (int t = 0; t < T; ++t) {
-    const __m512* c = acc[t];
-    const __m512 lo = _mm512_add_ps(_mm512_add_ps(c[0], c[4]), _mm512_add_ps(c[2], c[6]));
-    const __m512 hi = _mm512_add_ps(_mm512_add_ps(c[1], c[5]), _mm512_add_ps(c[3], c[7]));
-    _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, _mm512_add_ps(_mm512_add_ps(lo, hi), summs[t]));
-  }
-}
-
-template <class L>
-void gemm_lanes(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  const int64_t gbytes = packed::group_stride<L>(a.nb);
-  const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* grp = a.w + g * gbytes;
-    const int64_t row0 = g * kPackRows;
-    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const int64_t step0 = (g - g0) * a.nb;
-    int64_t t = 0;
-    for (; t + 2 <= a.n_tokens; t += 2) tile_lanes<L, 2>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
-    if (t < a.n_tokens) tile_lanes<L, 1>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
-  }
-}
-
 template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  if constexpr (L::kLanes) return gemm_lanes<L>(a, g0, g1);
   constexpr int kT = 8;
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);

@@ -11,7 +11,8 @@
 //   kQh: then one 64-byte vector of 5th bits, dword r = the row's 32 qh bits (bit c = column c).
 // A block's scales are kScales x 16 values ([s][r]): fp16, or bf16 for MXFP4 (its power-of-two
 // scales do not fit fp16). kScales == 2: columns 0..15 and 16..31 of the block have their own
-// scale (NVFP4's 16-column sub-blocks). kMin: then 16 more fp16, the rows' m (Q4_1's x = d*u + m). A group stores its blocks in pairs, each pair followed by
+// scale (NVFP4's 16-column sub-blocks). kMin: then 16 more fp16, the rows' m (Q4_1's x = d*u + m);
+// such a type's products keep ggml's 8 float lanes per output (repack.h). A group stores its blocks in pairs, each pair followed by
 // the two blocks' scales, padded to 64 bytes (an odd last block: the block, its scales, padding),
 // so that a product reads the group front to back as one stream. (With all scales after all
 // blocks, the scales are a second stream 16 KB ahead of the first in a 2048-column group; on
@@ -29,29 +30,30 @@ namespace fennec::kernels::packed {
 
 struct Q4_0 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 8;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false;
 };
-// Q4_1: x = d * u + m; the rows' m (fp16) follow their d in the block's scales. kLanes: its
-// products take ggml's order (Q8_1 activations, 8 float lanes per output: repack.h).
+// Q4_1: x = d * u + m; the rows' m (fp16) follow their d in the block's scales (kMin). Its
+// products take ggml's order with Q8_1 activations, whose s carries the m terms (8 float lanes
+// per output: repack.h).
 struct Q4_1 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 0;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = true, kLanes = true;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = true;
 };
 struct Q5_0 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 16;
-  static constexpr bool kQh = true, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
+  static constexpr bool kQh = true, kLut = false, kBf16Scale = false, kMin = false;
 };
 struct Q8_0 {
   static constexpr int kChunks = 8, kScales = 1, kOffset = 128;
-  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false, kLanes = false;
+  static constexpr bool kQh = false, kLut = false, kBf16Scale = false, kMin = false;
 };
 struct Mxfp4 {
   static constexpr int kChunks = 4, kScales = 1, kOffset = 12;
-  static constexpr bool kQh = false, kLut = true, kBf16Scale = true, kMin = false, kLanes = false;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = true, kMin = false;
 };
 struct Nvfp4 {
   static constexpr int kChunks = 4, kScales = 2, kOffset = 12;
-  static constexpr bool kQh = false, kLut = true, kBf16Scale = false, kMin = false, kLanes = false;
+  static constexpr bool kQh = false, kLut = true, kBf16Scale = false, kMin = false;
 };
 
 // Q4_K, per 256-column super-block of a group (2368 bytes, a multiple of 64): the quants as
