@@ -112,7 +112,7 @@ bool repack_enabled();
 void set_repack_enabled(bool on);  // for tests: affects models loaded afterwards
 
 // Q4_1 matrices are packed unless FENNEC_PACK_Q4_1=0 (or set_pack_q4_1_enabled(false)). Packed,
-// SmolLM2 Q4_1 decodes 40-100% faster, and prefills 8-30% slower: a pass takes at most two
+// SmolLM2 Q4_1 decodes 25-100% faster, and prefills 8-30% slower: a pass takes at most two
 // tokens (AVX-512; one on AVX2) where the unpacked kernel tiles many (bench/vs-llamacpp).
 bool pack_q4_1_enabled();
 void set_pack_q4_1_enabled(bool on);
