@@ -5,6 +5,8 @@
 //   16 columns; the start value -offset * (sum of the activation bytes) removes the offset;
 //   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could saturate
 //   vpmaddubsw), widened per step.
+// Q4_0 and the FP4 types run step-major over both halves at once (nibble_pass, nibble_decode);
+// the others a half at a time (half_tile, half_tile_lanes).
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
@@ -20,6 +22,12 @@ namespace fennec::kernels {
 namespace {
 
 using quant::BlockQ8_0;
+
+// The products' software prefetch (repack_layout.h) without its far stream into L2: on the AMD
+// Zen 3 measured (bench/micro/README.md), the L1 stream 4 KB ahead alone decoded the 1.2B Q4_0
+// faster than both, and the far stream's loop cost 20-30% of a product running from L2. The
+// K-quants' steps (2.3 KB) take no L1 stream: they keep the L2 one.
+constexpr bool kFar = false;
 
 inline __m256i bcast4(const int8_t* p) {
   int32_t v;
@@ -64,6 +72,19 @@ inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
   }
 }
 
+// The scales of rows 8h .. 8h+7 in a block's scales at p, as float (dw[s] for scale s).
+template <class L>
+inline void row_scales(const uint8_t* p, int h, __m256 dw[L::kScales]) {
+  const auto* sc = reinterpret_cast<const uint16_t*>(p);
+  for (int s = 0; s < L::kScales; ++s) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + s * kPackRows + 8 * h));
+    if constexpr (L::kBf16Scale)
+      dw[s] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+    else
+      dw[s] = _mm256_cvtph_ps(raw);
+  }
+}
+
 // Outputs of rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8].
 template <class L, int T>
 void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
@@ -78,19 +99,12 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < a.nb; ++b) {
-    if (pf) pf->step(step0 + b);
+    if (pf) pf->step<kFar>(step0 + b);
     __m256i w[8];
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     unpack<L>(grp + at.quants, h, w);
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
     __m256 dw[L::kScales];
-    for (int s = 0; s < L::kScales; ++s) {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + s * kPackRows + 8 * h));
-      if constexpr (L::kBf16Scale)
-        dw[s] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-      else
-        dw[s] = _mm256_cvtph_ps(raw);
-    }
+    row_scales<L>(grp + at.scales, h, dw);
     for (int t = 0; t < T; ++t) {
       const int8_t* y = act[t][b].qs;
       const int32_t* sum = as + 2 * (t * a.nb + b);
@@ -122,6 +136,135 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
+// The types of nibble_pass: Q4_0 and the FP4 types. Q5_0's bit planes made it slower there than
+// in half_tile (measured), and Q4_1 keeps ggml's float lanes (half_tile_lanes).
+template <class L>
+constexpr bool kNibble = L::kChunks == 4 && !L::kMin && !L::kQh;
+
+// Largest unsigned step value u of a nibble type: Q4_0 15, the FP4 tables 24.
+template <class L>
+constexpr int max_u() {
+  return L::kLut ? 24 : 15;
+}
+
+// Q4_0 and the FP4 types, step-major over the whole 16-row group (both 8-row halves, so a decode
+// step reads each weight line in one pass; a third token per pass, or one half per pass with four
+// tokens, measured slower for prefill: each activation broadcast then feeds fewer products): chunk j
+// of a block gives steps j (low nibbles, columns 4j..4j+3) and j + 4 (high, 16+4j..), unpacked
+// once for the pass's T tokens; each activation broadcast feeds both halves. Per token and half,
+// the vpmaddubsw pair sums add up as int16: all eight steps in one sum where
+// 8 * 2 * 15 * 127 = 30480 fits (Q4_0), else the low and the high steps apart (4 * 2 * 24 * 127;
+// NVFP4 needs them apart anyway for its two scales); one vpmaddwd per sum widens to int32.
+// Writes out[h][t][8].
+template <class L, int T>
+void nibble_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+                 int64_t step0) {
+  static_assert(kNibble<L>);
+  constexpr int NH = 2;
+  constexpr int kS = (L::kScales == 2 || max_u<L>() > 15) ? 2 : 1;
+  __m256 acc[T][NH];
+  const BlockQ8_0* act[T];
+  for (int t = 0; t < T; ++t) {
+    for (int hh = 0; hh < NH; ++hh) acc[t][hh] = _mm256_setzero_ps();
+    act[t] = reinterpret_cast<const BlockQ8_0*>(a.act + (t0 + t) * a.act_stride);
+  }
+  const float* ad = a.act_d + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step<kFar>(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    const uint8_t* q = grp + at.quants;
+    __m256i s[T][NH][kS];
+    for (int j = 0; j < 4; ++j) {
+      asm volatile("" ::: "memory");  // keeps each step's loads in its step (GCC hoists them all and spills)
+      for (int hh = 0; hh < NH; ++hh) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32 * hh));
+        __m256i lo = _mm256_and_si256(c, m4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+        if constexpr (L::kLut) {
+          const __m256i lut =
+              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
+          lo = _mm256_shuffle_epi8(lut, lo);
+          hi = _mm256_shuffle_epi8(lut, hi);
+        }
+        for (int t = 0; t < T; ++t) {
+          const int8_t* y = act[t][b].qs;
+          const __m256i pl = _mm256_maddubs_epi16(lo, bcast4(y + 4 * j));
+          const __m256i ph = _mm256_maddubs_epi16(hi, bcast4(y + 16 + 4 * j));
+          if constexpr (kS == 1) {
+            const __m256i p = _mm256_add_epi16(pl, ph);
+            s[t][hh][0] = j == 0 ? p : _mm256_add_epi16(s[t][hh][0], p);
+          } else {
+            s[t][hh][0] = j == 0 ? pl : _mm256_add_epi16(s[t][hh][0], pl);
+            s[t][hh][1] = j == 0 ? ph : _mm256_add_epi16(s[t][hh][1], ph);
+          }
+        }
+      }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int hh = 0; hh < NH; ++hh) {
+      __m256 dw[L::kScales];
+      row_scales<L>(grp + at.scales, hh, dw);
+      for (int t = 0; t < T; ++t) {
+        const int32_t* sum = as + 2 * (t * a.nb + b);
+        const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
+        if constexpr (L::kScales == 1) {
+          __m256i i = _mm256_add_epi32(_mm256_madd_epi16(s[t][hh][0], ones), _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1])));
+          if constexpr (kS == 2) i = _mm256_add_epi32(i, _mm256_madd_epi16(s[t][hh][1], ones));
+          acc[t][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw[0], da), acc[t][hh]);
+        } else {
+          for (int k = 0; k < 2; ++k) {
+            const __m256i i = _mm256_add_epi32(_mm256_madd_epi16(s[t][hh][k], ones), _mm256_set1_epi32(-L::kOffset * sum[k]));
+            acc[t][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw[k], da), acc[t][hh]);
+          }
+        }
+      }
+    }
+  }
+  for (int hh = 0; hh < NH; ++hh)
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * (hh * T + t), acc[t][hh]);
+}
+
+// nibble_pass for one token of Q4_0 (one int16 sum per half, one scale), written out: a decode
+// step's products run here.
+template <class L>
+void nibble_decode(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+                   int64_t step0) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const auto* act = reinterpret_cast<const BlockQ8_0*>(a.act + t0 * a.act_stride);
+  const float* ad = a.act_d + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step<kFar>(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    const uint8_t* q = grp + at.quants;
+    const int8_t* y = act[b].qs;
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      asm volatile("" ::: "memory");  // keeps each step's loads in its step (GCC hoists them all and spills)
+      const __m256i yl = bcast4(y + 4 * j), yh = bcast4(y + 16 + 4 * j);
+      const __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 64 * j));
+      const __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32));
+      s0 = _mm256_add_epi16(s0, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(c0, m4), yl),
+                                                 _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(c0, 4), m4), yh)));
+      s1 = _mm256_add_epi16(s1, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(c1, m4), yl),
+                                                 _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(c1, 4), m4), yh)));
+    }
+    const int32_t* sum = as + 2 * b;
+    const __m256i off = _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1]));
+    const __m256 da = _mm256_set1_ps(ad[b]);
+    const auto* sc = reinterpret_cast<const __m128i*>(grp + at.scales);
+    const __m256 d0 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(sc)), da);
+    const __m256 d1 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(sc + 1)), da);
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(s0, ones), off)), d0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(s1, ones), off)), d1, acc1);
+  }
+  _mm256_store_ps(out, acc0);
+  _mm256_store_ps(out + 8, acc1);
+}
+
 // Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
 // 8 accumulators (one per packed step, ggml's float lane) and the m terms' own chain.
 template <class L>
@@ -133,7 +276,7 @@ void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t
   const auto* act = reinterpret_cast<const quant::BlockQ8_1*>(a.act + t0 * a.act_stride);
   const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
   for (int64_t b = 0; b < a.nb; ++b) {
-    if (pf) pf->step(step0 + b);
+    if (pf) pf->step<kFar>(step0 + b);
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     const uint8_t* q = grp + at.quants;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
@@ -160,7 +303,12 @@ template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
           const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  if constexpr (L::kMin) {
+  if constexpr (kNibble<L>) {
+    if constexpr (T == 1 && L::kScales == 1 && max_u<L>() <= 15)
+      nibble_decode<L>(a, grp, t0, &out[0][0][0], pf, step0);
+    else
+      nibble_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (L::kMin) {
     for (int t = 0; t < T; ++t) {
       half_tile_lanes<L>(a, grp, 0, t0 + t, &out[0][t][0], t == 0 ? pf : nullptr, step0);
       if (nr > 8) half_tile_lanes<L>(a, grp, 1, t0 + t, &out[1][t][0], nullptr, 0);

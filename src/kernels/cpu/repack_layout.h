@@ -174,12 +174,13 @@ struct Prefetcher {
     const bool last = g1 * kPackRows >= a.rows && a.run_on_end != nullptr;
     return Prefetcher(a.w + g0 * group_bytes, stop, last ? a.run_on_end : stop, (g1 - g0) * a.nb);
   }
-  // Step i of the call (0 <= i < n_steps).
+  // Step i of the call (0 <= i < n_steps). kFar = false: the L1 stream alone (none where steps
+  // are large), for the machines where the L2 stream did not pay (repack_avx2.cpp).
+  template <bool kFar = true>
   void step(int64_t i) const {
     const uintptr_t a = lo + static_cast<uintptr_t>((i * q16) >> 16);
     const uintptr_t bu = lo + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
-    const uintptr_t b = std::min(bu, end);
-    prefetch_lines<false>(a, b);
+    if constexpr (kFar) prefetch_lines<false>(a, std::min(bu, end));
     if (!near) return;
     constexpr uintptr_t kBack = kPrefetchAhead - kPrefetchNear;
     const uintptr_t b1 = std::min(bu - kBack, end);
