@@ -283,14 +283,15 @@ void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t
     const quant::BlockQ8_1& y = act[b];
     const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 8 * h)));
     const __m256 mx = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + kPackRows + 8 * h)));
-    const __m256 dd = _mm256_mul_ps(dx, _mm256_set1_ps(fp16_to_f32(y.d)));
-    summs = _mm256_fmadd_ps(mx, _mm256_set1_ps(fp16_to_f32(y.s)), summs);
+    const __m256 dd = _mm256_mul_ps(dx, _mm256_set1_ps(_cvtsh_ss(y.d)));  // F16C: exact, as fp16_to_f32
+    summs = _mm256_fmadd_ps(mx, _mm256_set1_ps(_cvtsh_ss(y.s)), summs);
     for (int j = 0; j < 4; ++j) {
+      asm volatile("" ::: "memory");  // keeps each step's loads in its step (GCC hoists them all and spills)
       const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32 * h));
       const __m256i lo = _mm256_and_si256(c, m4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
       const __m256i l0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(y.qs + 4 * j)), ones);
-      const __m256i l1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(y.qs + 16 + 4 * j)), ones);
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l0), dd, acc[j]);
+      const __m256i l1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(y.qs + 16 + 4 * j)), ones);
       acc[j + 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l1), dd, acc[j + 4]);
     }
   }
