@@ -5,8 +5,9 @@
 //   16 columns; the start value -offset * (sum of the activation bytes) removes the offset;
 //   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could saturate
 //   vpmaddubsw), widened per step.
-// Q4_0 and the FP4 types run step-major over both halves at once (nibble_pass, nibble_decode);
-// the others a half at a time (half_tile, half_tile_lanes).
+// Q4_0, Q8_0 and the FP4 types run step-major over both halves at once (nibble_pass,
+// nibble_decode, q8_pass, q8_decode): each activation broadcast feeds both; Q5_0 and Q4_1 a half
+// at a time (half_tile, half_tile_lanes).
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
@@ -265,38 +266,51 @@ void nibble_decode(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, floa
   _mm256_store_ps(out + 8, acc1);
 }
 
-// half_tile for one token of Q8_0 over both halves of a group, each step's loads kept in its
-// step: a decode step's products run here (most of Gemma 3's, whose tied embedding is Q8_0).
-template <class L>
-void q8_decode(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
-               int64_t step0) {
+// half_tile for T tokens of Q8_0 over both halves of a group, each step's loads kept in its step:
+// each activation broadcast feeds both halves. One token: a decode step's products (most of
+// Gemma 3's, whose tied embedding is Q8_0).
+template <class L, int T>
+void q8_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+             int64_t step0) {
   static_assert(L::kChunks == 8 && L::kScales == 1);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const auto* act = reinterpret_cast<const BlockQ8_0*>(a.act + t0 * a.act_stride);
+  __m256 acc[T][2];
+  const BlockQ8_0* act[T];
+  for (int t = 0; t < T; ++t) {
+    acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    act[t] = reinterpret_cast<const BlockQ8_0*>(a.act + (t0 + t) * a.act_stride);
+  }
   const float* ad = a.act_d + t0 * a.nb;
   const __m256i x80 = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < a.nb; ++b) {
     if (pf) pf->step<kFar>(step0 + b);
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     const uint8_t* q = grp + at.quants;
-    const int8_t* y = act[b].qs;
-    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-#pragma GCC unroll 8
+    __m256i s[T][2];
     for (int j = 0; j < 8; ++j) {
       asm volatile("" ::: "memory");  // keeps each step's loads in its step (GCC hoists them all and spills)
-      const __m256i yb = bcast4(y + 4 * j);
-      const __m256i x0 = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 64 * j)), x80);
-      const __m256i x1 = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32)), x80);
-      s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(yb, x0)), ones));
-      s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1), _mm256_sign_epi8(yb, x1)), ones));
+      __m256i x[2], ax[2];
+      for (int h = 0; h < 2; ++h) {
+        x[h] = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32 * h)), x80);
+        ax[h] = _mm256_sign_epi8(x[h], x[h]);
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i yb = bcast4(act[t][b].qs + 4 * j);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[h], _mm256_sign_epi8(yb, x[h])), ones);
+          s[t][h] = j == 0 ? p : _mm256_add_epi32(s[t][h], p);
+        }
+      }
     }
-    const __m256 da = _mm256_set1_ps(ad[b]);
-    const auto* sc = reinterpret_cast<const __m128i*>(grp + at.scales);
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(sc)), da), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(sc + 1)), da), acc1);
+    for (int h = 0; h < 2; ++h) {
+      __m256 dw[1];
+      row_scales<L>(grp + at.scales, h, dw);
+      for (int t = 0; t < T; ++t)
+        acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t][h]), _mm256_mul_ps(dw[0], _mm256_set1_ps(ad[t * a.nb + b])),
+                                    acc[t][h]);
+    }
   }
-  _mm256_store_ps(out, acc0);
-  _mm256_store_ps(out + 8, acc1);
+  for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * (h * T + t), acc[t][h]);
 }
 
 // Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
@@ -349,8 +363,8 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
       if (nr > 8) half_tile_lanes<L>(a, grp, 1, t0 + t, &out[1][t][0], nullptr, 0);
     }
   } else {
-    if constexpr (L::kChunks == 8 && T == 1) {
-      q8_decode<L>(a, grp, t0, &out[0][0][0], pf, step0);
+    if constexpr (L::kChunks == 8) {
+      q8_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
     } else {
       half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
       if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
