@@ -94,8 +94,11 @@ void BM_Matmul(benchmark::State& st, GgmlType t, int64_t rows, int64_t cols) {
   const int threads = static_cast<int>(st.range(1));
   const auto tr = *fennec::formats::type_traits(static_cast<uint32_t>(t));
   const auto w = random_weights(t, rows, cols);
-  const k::WeightView wv{t, w.data(), rows, cols,
-                         static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(cols)))};
+  k::WeightView wv{t, w.data(), rows, cols,
+                   static_cast<int64_t>(fennec::formats::row_bytes(tr, static_cast<uint64_t>(cols)))};
+  // Packed as a model's matrices are (unless FENNEC_REPACK=0): the products a model runs.
+  k::PackedWeights packed;
+  packed.pack(wv, pool(threads));
   const auto x = random_floats(static_cast<size_t>(tokens * cols), 3);
   std::vector<float> y(static_cast<size_t>(tokens * rows));
   for (auto _ : st) {
