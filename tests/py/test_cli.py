@@ -102,15 +102,19 @@ def test_perplexity_within_one_percent_of_llama_perplexity(fennec, name, model):
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA], ids=["smollm2", "gemma3"])
 def test_weights_are_not_copied(fennec, model):
-    """Resident memory after a run stays under file size + KV cache + 64 MiB: weights are mapped,
-    not copied, except the matrices repacked at load, whose mapped pages are then released."""
+    """Resident memory after a run stays under file size + KV cache + 64 MiB + 5% of the file:
+    weights are mapped, not copied, except the matrices repacked at load, whose mapped pages are
+    then released. The 5% is the packed copies' own extra (Q4_K's 2.8%, padding to 16 rows and to
+    huge pages); the 64 MiB the rest (tokenizer, scratch, code): Gemma 3 ran at 320-323 MiB
+    against the 323.4 of the bound without the 5% (2026-12-07), a copy of its weights would add
+    241."""
     r = run([fennec, "run", "-m", str(model), "-p", "Hi", "-n", "4", "--temp", "0", "-c", "1024"])
     assert r.returncode == 0, r.stderr
     line = [l for l in r.stderr.splitlines() if "resident memory" in l][0]
     nums = [float(x) for x in re.findall(r"([\d.]+) MiB", line)]
     rss, file_mib, kv_mib = nums
     print(line)
-    assert rss < file_mib + kv_mib + 64, line
+    assert rss < file_mib * 1.05 + kv_mib + 64, line
 
 
 def test_bench_json_has_llama_bench_fields(fennec):

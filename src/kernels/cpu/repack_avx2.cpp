@@ -47,30 +47,19 @@ inline __m256i add_plane(__m256i plane, int j, __m256i w, char value) {
   return _mm256_or_si256(w, _mm256_and_si256(set, _mm256_set1_epi8(value)));
 }
 
-// The eight steps of half h (rows 8h..8h+7) of one packed block.
+// The eight steps of half h (rows 8h..8h+7) of one packed Q5_0 block: nibbles plus the 5th bits.
 template <class L>
 inline void unpack(const uint8_t* q, int h, __m256i w[8]) {
+  static_assert(L::kChunks == 4 && L::kQh && !L::kLut);
   q += 32 * h;
-  if constexpr (L::kChunks == 8) {
-    const __m256i x80 = _mm256_set1_epi8(static_cast<char>(0x80));  // back to signed
-    for (int j = 0; j < 8; ++j)
-      w[j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j)), x80);
-  } else {
-    const __m256i m = _mm256_set1_epi8(0x0F);
-    for (int j = 0; j < 4; ++j) {
-      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j));
-      w[j] = _mm256_and_si256(c, m);
-      w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
-    }
-    if constexpr (L::kLut) {
-      const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
-      for (int j = 0; j < 8; ++j) w[j] = _mm256_shuffle_epi8(lut, w[j]);
-    }
-    if constexpr (L::kQh) {
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * L::kChunks));
-      for (int j = 0; j < 8; ++j) w[j] = add_plane(qh, j, w[j], 0x10);
-    }
+  const __m256i m = _mm256_set1_epi8(0x0F);
+  for (int j = 0; j < 4; ++j) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j));
+    w[j] = _mm256_and_si256(c, m);
+    w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
   }
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * L::kChunks));
+  for (int j = 0; j < 8; ++j) w[j] = add_plane(qh, j, w[j], 0x10);
 }
 
 // The scales of rows 8h .. 8h+7 in a block's scales at p, as float (dw[s] for scale s).
@@ -86,10 +75,15 @@ inline void row_scales(const uint8_t* p, int h, __m256 dw[L::kScales]) {
   }
 }
 
-// Outputs of rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8].
+// Q5_0, rows 8h .. 8h+7 of the group for tokens t0 .. t0+T-1, into out[T][8]. A block's eight
+// steps (nibbles plus the 5th-bit plane, the costly part) are unpacked once into an L1 buffer
+// that every token's vpmaddubsw read as memory operands, so that up to 8 tokens share them
+// without holding them in registers. u <= 31: four steps of int16 pair sums stay below
+// 4 * 2 * 31 * 127 = 31496, so each 16-column half has its own.
 template <class L, int T>
 void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, float* out,
                const packed::Prefetcher* pf, int64_t step0) {
+  static_assert(L::kQh && L::kChunks == 4 && L::kScales == 1 && !L::kMin);
   __m256 acc[T];
   const BlockQ8_0* act[T];
   for (int t = 0; t < T; ++t) {
@@ -99,39 +93,31 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   const float* ad = a.act_d + t0 * a.nb;
   const int32_t* as = a.act_sum + 2 * t0 * a.nb;
   const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) __m256i wb[8];
   for (int64_t b = 0; b < a.nb; ++b) {
     if (pf) pf->step<kFar>(step0 + b);
-    __m256i w[8];
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    __m256i w[8];
     unpack<L>(grp + at.quants, h, w);
+    const __m256i* ws = w;  // one token (a decode step): from registers
+    if constexpr (T > 1) {
+      for (int j = 0; j < 8; ++j) wb[j] = w[j];
+      asm volatile("" : : "r"(wb) : "memory");  // the tokens read wb from memory, not registers
+      ws = wb;
+    }
     __m256 dw[L::kScales];
     row_scales<L>(grp + at.scales, h, dw);
     for (int t = 0; t < T; ++t) {
       const int8_t* y = act[t][b].qs;
       const int32_t* sum = as + 2 * (t * a.nb + b);
-      const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
-      __m256i half_sums[2];
+      __m256i s16[2];
       for (int hh = 0; hh < 2; ++hh) {
-        if constexpr (L::kChunks == 8) {
-          __m256i s = _mm256_setzero_si256();
-          for (int j = 4 * hh; j < 4 * hh + 4; ++j) {
-            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w[j], w[j]), _mm256_sign_epi8(bcast4(y + 4 * j), w[j]));
-            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
-          }
-          half_sums[hh] = s;
-        } else {
-          __m256i s16 = _mm256_maddubs_epi16(w[4 * hh], bcast4(y + 16 * hh));
-          for (int j = 4 * hh + 1; j < 4 * hh + 4; ++j) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[j], bcast4(y + 4 * j)));
-          half_sums[hh] = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-L::kOffset * sum[hh]));
-        }
+        s16[hh] = _mm256_maddubs_epi16(ws[4 * hh], bcast4(y + 16 * hh));
+        for (int j = 4 * hh + 1; j < 4 * hh + 4; ++j) s16[hh] = _mm256_add_epi16(s16[hh], _mm256_maddubs_epi16(ws[j], bcast4(y + 4 * j)));
       }
-      if constexpr (L::kScales == 1) {
-        const __m256i s = _mm256_add_epi32(half_sums[0], half_sums[1]);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], da), acc[t]);
-      } else {
-        for (int hh = 0; hh < 2; ++hh)
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half_sums[hh]), _mm256_mul_ps(dw[hh], da), acc[t]);
-      }
+      const __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s16[0], ones), _mm256_madd_epi16(s16[1], ones)),
+                                         _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1])));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[0], _mm256_set1_ps(ad[t * a.nb + b])), acc[t]);
     }
   }
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
@@ -386,6 +372,21 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const int64_t step0 = (g - g0) * a.nb;  // the first token tile prefetches
     int64_t t = 0;
+    if constexpr (L::kQh) {  // half_tile: up to 8 tokens share a block's unpacked steps
+      for (; t + 8 <= a.n_tokens; t += 8) tile<L, 8>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
+      const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
+      switch (a.n_tokens - t) {
+        case 7: tile<L, 7>(a, grp, t, row0, nr, p, step0); break;
+        case 6: tile<L, 6>(a, grp, t, row0, nr, p, step0); break;
+        case 5: tile<L, 5>(a, grp, t, row0, nr, p, step0); break;
+        case 4: tile<L, 4>(a, grp, t, row0, nr, p, step0); break;
+        case 3: tile<L, 3>(a, grp, t, row0, nr, p, step0); break;
+        case 2: tile<L, 2>(a, grp, t, row0, nr, p, step0); break;
+        case 1: tile<L, 1>(a, grp, t, row0, nr, p, step0); break;
+        default: break;
+      }
+      continue;
+    }
     for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
     if (t < a.n_tokens) tile<L, 1>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
