@@ -2,12 +2,12 @@
 // per row. vpmaddubsw + vpmaddwd form the exact integer sums:
 //   types with an offset (unsigned u <= 31 times signed activations): four steps of int16 pair
 //   sums stay below 4 * 2 * 31 * 127 = 31496, so they are added as int16 and widened once per
-//   16 columns; the start value -offset * (sum of the activation bytes) removes the offset;
+//   16 columns (Q4_0, u <= 15: once per 32); the start value -offset * (sum of the activation bytes) removes the offset;
 //   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could saturate
 //   vpmaddubsw), widened per step.
 // Q4_0, Q8_0 and the FP4 types run step-major over both halves at once (nibble_pass,
-// nibble_decode, q8_pass, q8_decode): each activation broadcast feeds both; Q5_0 and Q4_1 a half
-// at a time (half_tile, half_tile_lanes).
+// nibble_decode, q8_pass): each activation broadcast feeds both; Q5_0 and Q4_1 a half at a time
+// (half_tile, half_tile_lanes).
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
