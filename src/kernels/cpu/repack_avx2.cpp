@@ -2,16 +2,21 @@
 // per row. vpmaddubsw + vpmaddwd form the exact integer sums:
 //   types with an offset (unsigned u <= 31 times signed activations): four steps of int16 pair
 //   sums stay below 4 * 2 * 31 * 127 = 31496, so they are added as int16 and widened once per
-//   16 columns (Q4_0, u <= 15: once per 32); the start value -offset * (sum of the activation bytes) removes the offset;
+//   16 columns (Q4_0, u <= 15: once per 32); the start value -offset * (sum of the activation
+//   bytes) removes the offset;
 //   Q8_0: signed times signed through vpsignb (|x| times y with x's sign; x + 128 could saturate
 //   vpmaddubsw), widened per step.
-// Q4_0, Q8_0 and the FP4 types run step-major over both halves at once (nibble_pass,
-// nibble_decode, q8_pass): each activation broadcast feeds both; Q5_0 and Q4_1 a half at a time
-// (half_tile, half_tile_lanes).
+// Q4_0, Q8_0 and the FP4 types run step-major over both halves at once: each activation
+// broadcast feeds both. Q4_0 and Q8_0 prefill take 4 tokens per pass with the integer part of a
+// block written as one asm statement (q4_tokens, q8_tokens): from intrinsics GCC hoisted the
+// steps' loads and spilled the int16 sums. Decode: nibble_decode, q8_pass; the FP4 types:
+// nibble_pass. Q5_0 and Q4_1 a half at a time (half_tile, half_tile_lanes).
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstring>
 
 #include "core/float_convert.h"
@@ -123,32 +128,23 @@ void half_tile(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, f
   for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
-// The types of nibble_pass: Q4_0 and the FP4 types. Q5_0's bit planes made it slower there than
+// The nibble types: Q4_0 and the FP4 types. Q5_0's bit planes made it slower in nibble_pass than
 // in half_tile (measured), and Q4_1 keeps ggml's float lanes (half_tile_lanes).
 template <class L>
 constexpr bool kNibble = L::kChunks == 4 && !L::kMin && !L::kQh;
 
-// Largest unsigned step value u of a nibble type: Q4_0 15, the FP4 tables 24.
-template <class L>
-constexpr int max_u() {
-  return L::kLut ? 24 : 15;
-}
-
-// Q4_0 and the FP4 types, step-major over the whole 16-row group (both 8-row halves, so a decode
-// step reads each weight line in one pass; a third token per pass, or one half per pass with four
-// tokens, measured slower for prefill: each activation broadcast then feeds fewer products): chunk j
+// The FP4 types (MXFP4, NVFP4: a table maps each nibble to u <= 24), step-major over the whole
+// 16-row group (both 8-row halves, so a decode step reads each weight line in one pass): chunk j
 // of a block gives steps j (low nibbles, columns 4j..4j+3) and j + 4 (high, 16+4j..), unpacked
 // once for the pass's T tokens; each activation broadcast feeds both halves. Per token and half,
-// the vpmaddubsw pair sums add up as int16: all eight steps in one sum where
-// 8 * 2 * 15 * 127 = 30480 fits (Q4_0), else the low and the high steps apart (4 * 2 * 24 * 127;
-// NVFP4 needs them apart anyway for its two scales); one vpmaddwd per sum widens to int32.
-// Writes out[h][t][8].
+// the vpmaddubsw pair sums of the low and of the high steps add up as int16 apart
+// (4 * 2 * 24 * 127 fits; NVFP4 needs them apart anyway for its two scales); one vpmaddwd per
+// sum widens to int32. Writes out[h][t][8].
 template <class L, int T>
 void nibble_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
                  int64_t step0) {
-  static_assert(kNibble<L>);
+  static_assert(kNibble<L> && L::kLut);
   constexpr int NH = 2;
-  constexpr int kS = (L::kScales == 2 || max_u<L>() > 15) ? 2 : 1;
   __m256 acc[T][NH];
   const BlockQ8_0* act[T];
   for (int t = 0; t < T; ++t) {
@@ -162,29 +158,21 @@ void nibble_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float*
     if (pf) pf->step<kFar>(step0 + b);
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     const uint8_t* q = grp + at.quants;
-    __m256i s[T][NH][kS];
+    __m256i s[T][NH][2];
     for (int j = 0; j < 4; ++j) {
       asm volatile("" ::: "memory");  // keeps each step's loads in its step (GCC hoists them all and spills)
       for (int hh = 0; hh < NH; ++hh) {
         const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * j + 32 * hh));
-        __m256i lo = _mm256_and_si256(c, m4), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
-        if constexpr (L::kLut) {
-          const __m256i lut =
-              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
-          lo = _mm256_shuffle_epi8(lut, lo);
-          hi = _mm256_shuffle_epi8(lut, hi);
-        }
+        const __m256i lut =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed::kE2M1Unsigned)));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(c, m4));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(c, 4), m4));
         for (int t = 0; t < T; ++t) {
           const int8_t* y = act[t][b].qs;
           const __m256i pl = _mm256_maddubs_epi16(lo, bcast4(y + 4 * j));
           const __m256i ph = _mm256_maddubs_epi16(hi, bcast4(y + 16 + 4 * j));
-          if constexpr (kS == 1) {
-            const __m256i p = _mm256_add_epi16(pl, ph);
-            s[t][hh][0] = j == 0 ? p : _mm256_add_epi16(s[t][hh][0], p);
-          } else {
-            s[t][hh][0] = j == 0 ? pl : _mm256_add_epi16(s[t][hh][0], pl);
-            s[t][hh][1] = j == 0 ? ph : _mm256_add_epi16(s[t][hh][1], ph);
-          }
+          s[t][hh][0] = j == 0 ? pl : _mm256_add_epi16(s[t][hh][0], pl);
+          s[t][hh][1] = j == 0 ? ph : _mm256_add_epi16(s[t][hh][1], ph);
         }
       }
     }
@@ -197,7 +185,7 @@ void nibble_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float*
         const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
         if constexpr (L::kScales == 1) {
           __m256i i = _mm256_add_epi32(_mm256_madd_epi16(s[t][hh][0], ones), _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1])));
-          if constexpr (kS == 2) i = _mm256_add_epi32(i, _mm256_madd_epi16(s[t][hh][1], ones));
+          i = _mm256_add_epi32(i, _mm256_madd_epi16(s[t][hh][1], ones));
           acc[t][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw[0], da), acc[t][hh]);
         } else {
           for (int k = 0; k < 2; ++k) {
@@ -211,6 +199,101 @@ void nibble_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float*
   for (int hh = 0; hh < NH; ++hh)
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * (hh * T + t), acc[t][hh]);
 }
+
+// The float sums of a pass over both halves for T tokens (acc[t][h]) and the tokens' activation
+// bytes (the qs of their Q8_0 rows; block b at + b * 34). store() writes out[h][t][8].
+template <int T>
+struct TokenSums {
+  __m256 acc[T][2];
+  const int8_t* act[T];
+  TokenSums(const PackedGemmArgs& a, int64_t t0) {
+    for (int t = 0; t < T; ++t) {
+      acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+      act[t] = reinterpret_cast<const int8_t*>(a.act + (t0 + t) * a.act_stride) + offsetof(BlockQ8_0, qs);
+    }
+  }
+  void store(float* out) const {
+    for (int h = 0; h < 2; ++h)
+      for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * (h * T + t), acc[t][h]);
+  }
+};
+
+// Q4_0, T (2 or 4) tokens, both halves (prefill; decode: nibble_decode). The integer part of a
+// block is one asm statement, so that the compiler neither hoists the steps' loads nor spills
+// the int16 sums: per chunk j, the low and high nibbles of both halves (steps j and j + 4), then
+// per token the broadcast activation bytes of each step times both halves' nibbles
+// (vpmaddubsw), all eight steps of a half added up as int16 (8 * 2 * 15 * 127 = 30480 fits).
+// Four tokens: 15 ymm registers. The float part per block and token stays in intrinsics.
+// Measured in one process against nibble_pass's intrinsics (1536 x 576, 512 tokens): 1.35x at
+// one thread, 1.43x at two.
+#define Q4_LOAD(J)                        \
+  "vmovdqu " #J "*64(%[q]), %[l0]\n\t"    \
+  "vpsrlw $4, %[l0], %[h0]\n\t"           \
+  "vpand %[m4], %[l0], %[l0]\n\t"         \
+  "vpand %[m4], %[h0], %[h0]\n\t"         \
+  "vmovdqu " #J "*64+32(%[q]), %[l1]\n\t" \
+  "vpsrlw $4, %[l1], %[h1]\n\t"           \
+  "vpand %[m4], %[l1], %[l1]\n\t"         \
+  "vpand %[m4], %[h1], %[h1]\n\t"
+#define Q4_SET(S, W) "vpmaddubsw %[bc], " W ", " S "\n\t"
+#define Q4_ADD(S, W) "vpmaddubsw %[bc], " W ", %[p]\n\tvpaddw %[p], " S ", " S "\n\t"
+#define Q4_TOKEN(J, Y, S0, S1, OP)                         \
+  "vpbroadcastd " #J "*4(" Y "), %[bc]\n\t" OP(S0, "%[l0]") OP(S1, "%[l1]") \
+  "vpbroadcastd 16+" #J "*4(" Y "), %[bc]\n\t" Q4_ADD(S0, "%[h0]") Q4_ADD(S1, "%[h1]")
+#define Q4_STEP2(J, OP) Q4_LOAD(J) Q4_TOKEN(J, "%[y0]", "%[s00]", "%[s01]", OP) Q4_TOKEN(J, "%[y1]", "%[s10]", "%[s11]", OP)
+#define Q4_STEP4(J, OP) \
+  Q4_STEP2(J, OP) Q4_TOKEN(J, "%[y2]", "%[s20]", "%[s21]", OP) Q4_TOKEN(J, "%[y3]", "%[s30]", "%[s31]", OP)
+template <class L, int T>
+void q4_tokens(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+               int64_t step0) {
+  static_assert(T == 2 || T == 4);
+  TokenSums<T> ts(a, t0);
+  auto& [acc, act] = ts;
+  const float* ad = a.act_d + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step<kFar>(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    const uint8_t* q = grp + at.quants;
+    const int64_t yo = b * static_cast<int64_t>(sizeof(BlockQ8_0));
+    __m256i s[T][2], l0, h0, l1, h1, bc, p;
+    if constexpr (T == 2) {
+      asm(Q4_STEP2(0, Q4_SET) Q4_STEP2(1, Q4_ADD) Q4_STEP2(2, Q4_ADD) Q4_STEP2(3, Q4_ADD)
+          : [s00] "=&x"(s[0][0]), [s01] "=&x"(s[0][1]), [s10] "=&x"(s[1][0]), [s11] "=&x"(s[1][1]), [l0] "=&x"(l0),
+            [h0] "=&x"(h0), [l1] "=&x"(l1), [h1] "=&x"(h1), [bc] "=&x"(bc), [p] "=&x"(p)
+          : [q] "r"(q), [y0] "r"(act[0] + yo), [y1] "r"(act[1] + yo), [m4] "x"(m4)
+          : "memory");
+    } else {
+      asm(Q4_STEP4(0, Q4_SET) Q4_STEP4(1, Q4_ADD) Q4_STEP4(2, Q4_ADD) Q4_STEP4(3, Q4_ADD)
+          : [s00] "=&x"(s[0][0]), [s01] "=&x"(s[0][1]), [s10] "=&x"(s[1][0]), [s11] "=&x"(s[1][1]),
+            [s20] "=&x"(s[2][0]), [s21] "=&x"(s[2][1]), [s30] "=&x"(s[3][0]), [s31] "=&x"(s[3][1]), [l0] "=&x"(l0),
+            [h0] "=&x"(h0), [l1] "=&x"(l1), [h1] "=&x"(h1), [bc] "=&x"(bc), [p] "=&x"(p)
+          : [q] "r"(q), [y0] "r"(act[0] + yo), [y1] "r"(act[1] + yo), [y2] "r"(act[2] + yo), [y3] "r"(act[3] + yo),
+            [m4] "x"(m4)
+          : "memory");
+    }
+    __m256 dw[2][1];
+    row_scales<L>(grp + at.scales, 0, dw[0]);
+    row_scales<L>(grp + at.scales, 1, dw[1]);
+    for (int t = 0; t < T; ++t) {
+      const int32_t* sum = as + 2 * (t * a.nb + b);
+      const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
+      const __m256i o = _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1]));
+      for (int hh = 0; hh < 2; ++hh)
+        acc[t][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(s[t][hh], ones), o)),
+                                     _mm256_mul_ps(dw[hh][0], da), acc[t][hh]);
+    }
+  }
+  ts.store(out);
+}
+#undef Q4_LOAD
+#undef Q4_SET
+#undef Q4_ADD
+#undef Q4_TOKEN
+#undef Q4_STEP2
+#undef Q4_STEP4
 
 // nibble_pass for one token of Q4_0 (one int16 sum per half, one scale), written out: a decode
 // step's products run here.
@@ -299,6 +382,78 @@ void q8_pass(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * (h * T + t), acc[t][h]);
 }
 
+// Q8_0, four tokens, both halves (prefill; pairs and decode: q8_pass). The integer part of a
+// block is one asm statement: per step j (columns 4j..4j+3), x = the stored byte ^ 0x80 and |x|
+// of each half, then per token the broadcast activation with x's signs times |x| (vpmaddubsw),
+// widened (vpmaddwd) and added to the token's int32 sum of that half. 14 ymm registers; the
+// constants are memory operands. Measured in one process against q8_pass's pairs (1536 x 576,
+// 512 tokens): 1.06x at one thread, 1.24x at two. vpmaddubsw and vpmaddwd share this core's two
+// multiply pipes: 32 of them per token and block bound it.
+#define Q8_LOAD(J)                            \
+  "vmovdqa " #J "*64(%[q]), %[x0]\n\t"        \
+  "vpxor %[x80], %[x0], %[x0]\n\t"            \
+  "vpsignb %[x0], %[x0], %[a0]\n\t"           \
+  "vmovdqa " #J "*64+32(%[q]), %[x1]\n\t"     \
+  "vpxor %[x80], %[x1], %[x1]\n\t"            \
+  "vpsignb %[x1], %[x1], %[a1]\n\t"
+#define Q8_SET(S) "vpmaddwd %[ones], %[p], " S "\n\t"
+#define Q8_ADD(S) "vpmaddwd %[ones], %[p], %[p]\n\tvpaddd %[p], " S ", " S "\n\t"
+#define Q8_TOKEN(J, Y, S0, S1, OP)                                          \
+  "vpbroadcastd " #J "*4(" Y "), %[bc]\n\t"                                \
+  "vpsignb %[x0], %[bc], %[p]\n\tvpmaddubsw %[p], %[a0], %[p]\n\t" OP(S0)  \
+  "vpsignb %[x1], %[bc], %[p]\n\tvpmaddubsw %[p], %[a1], %[p]\n\t" OP(S1)
+#define Q8_STEP(J, OP)                                                                                           \
+  Q8_LOAD(J) Q8_TOKEN(J, "%[y0]", "%[s00]", "%[s01]", OP) Q8_TOKEN(J, "%[y1]", "%[s10]", "%[s11]", OP)           \
+      Q8_TOKEN(J, "%[y2]", "%[s20]", "%[s21]", OP) Q8_TOKEN(J, "%[y3]", "%[s30]", "%[s31]", OP)
+template <class L>
+void q8_tokens(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+               int64_t step0) {
+  static_assert(L::kChunks == 8 && L::kScales == 1 && L::kOffset == 128);
+  constexpr int T = 4;
+  TokenSums<T> ts(a, t0);
+  auto& [acc, act] = ts;
+  const float* ad = a.act_d + t0 * a.nb;
+  alignas(32) static constexpr std::array<uint8_t, 32> kX80 = [] {
+    std::array<uint8_t, 32> v{};
+    v.fill(0x80);
+    return v;
+  }();
+  alignas(32) static constexpr std::array<int16_t, 16> kOnes = [] {
+    std::array<int16_t, 16> v{};
+    v.fill(1);
+    return v;
+  }();
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step<kFar>(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    const uint8_t* q = grp + at.quants;
+    const int64_t yo = b * static_cast<int64_t>(sizeof(BlockQ8_0));
+    __m256i s[T][2], x0, x1, a0, a1, bc, p;
+    asm(Q8_STEP(0, Q8_SET) Q8_STEP(1, Q8_ADD) Q8_STEP(2, Q8_ADD) Q8_STEP(3, Q8_ADD) Q8_STEP(4, Q8_ADD)
+            Q8_STEP(5, Q8_ADD) Q8_STEP(6, Q8_ADD) Q8_STEP(7, Q8_ADD)
+        : [s00] "=&x"(s[0][0]), [s01] "=&x"(s[0][1]), [s10] "=&x"(s[1][0]), [s11] "=&x"(s[1][1]), [s20] "=&x"(s[2][0]),
+          [s21] "=&x"(s[2][1]), [s30] "=&x"(s[3][0]), [s31] "=&x"(s[3][1]), [x0] "=&x"(x0), [x1] "=&x"(x1),
+          [a0] "=&x"(a0), [a1] "=&x"(a1), [bc] "=&x"(bc), [p] "=&x"(p)
+        : [q] "r"(q), [y0] "r"(act[0] + yo), [y1] "r"(act[1] + yo), [y2] "r"(act[2] + yo), [y3] "r"(act[3] + yo),
+          [x80] "m"(kX80), [ones] "m"(kOnes)
+        : "memory");
+    __m256 dw[2][1];
+    row_scales<L>(grp + at.scales, 0, dw[0]);
+    row_scales<L>(grp + at.scales, 1, dw[1]);
+    for (int t = 0; t < T; ++t) {
+      const __m256 da = _mm256_set1_ps(ad[t * a.nb + b]);
+      for (int hh = 0; hh < 2; ++hh)
+        acc[t][hh] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t][hh]), _mm256_mul_ps(dw[hh][0], da), acc[t][hh]);
+    }
+  }
+  ts.store(out);
+}
+#undef Q8_LOAD
+#undef Q8_SET
+#undef Q8_ADD
+#undef Q8_TOKEN
+#undef Q8_STEP
+
 // Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes), rows 8h .. 8h+7, one token:
 // 8 accumulators (one per packed step, ggml's float lane) and the m terms' own chain.
 template <class L>
@@ -334,27 +489,35 @@ void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t
   _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo, hi), summs));
 }
 
+// Q4_0 (the nibble type without a table: one scale, u <= 15): nibble_decode, q4_tokens.
+template <class L>
+constexpr bool kQ4Asm = kNibble<L> && !L::kLut;
+// Types whose prefill takes 4-token tiles (the asm passes; q4_tokens, q8_tokens).
+template <class L>
+constexpr bool kFourTokens = kQ4Asm<L> || L::kChunks == 8;
+
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
           const packed::Prefetcher* pf, int64_t step0) {
   alignas(32) float out[2][T][8];
-  if constexpr (kNibble<L>) {
-    if constexpr (T == 1 && L::kScales == 1 && max_u<L>() <= 15)
-      nibble_decode<L>(a, grp, t0, &out[0][0][0], pf, step0);
-    else
-      nibble_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
+  if constexpr (kQ4Asm<L> && T == 1) {
+    nibble_decode<L>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (kQ4Asm<L>) {
+    q4_tokens<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (kNibble<L>) {
+    nibble_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
   } else if constexpr (L::kMin) {
     for (int t = 0; t < T; ++t) {
       half_tile_lanes<L>(a, grp, 0, t0 + t, &out[0][t][0], t == 0 ? pf : nullptr, step0);
       if (nr > 8) half_tile_lanes<L>(a, grp, 1, t0 + t, &out[1][t][0], nullptr, 0);
     }
+  } else if constexpr (L::kChunks == 8 && T == 4) {
+    q8_tokens<L>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (L::kChunks == 8) {
+    q8_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
   } else {
-    if constexpr (L::kChunks == 8) {
-      q8_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
-    } else {
-      half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
-      if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
-    }
+    half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
+    if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
   }
   for (int t = 0; t < T; ++t) {
     float* y = a.y + (t0 + t) * a.ldy + row0;
@@ -387,6 +550,8 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
       }
       continue;
     }
+    if constexpr (kFourTokens<L>)
+      for (; t + 4 <= a.n_tokens; t += 4) tile<L, 4>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
     for (; t + 2 <= a.n_tokens; t += 2) tile<L, 2>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
     if (t < a.n_tokens) tile<L, 1>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
