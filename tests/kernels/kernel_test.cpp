@@ -455,6 +455,32 @@ TEST(QuantDotKernelTest, SwigluAvx2MatchesScalarBitForBit) {
   }
 }
 
+// gelu_mul is ggml_vec_geglu_f32: the GELU (tanh form) of the gate rounded to fp16, looked up
+// as an fp16 value, times up; 0 at or below -10 and gate * up at or above 10. Checked on the
+// active path (CI forces each) against that definition computed here, over the saturation
+// edges, values at fp16 rounding ties, zeros, tiny values and a ragged tail.
+TEST(QuantDotKernelTest, GeluMulMatchesGgmlDefinitionBitForBit) {
+  auto g = random_vec(1029, 21, 4.0f), u = random_vec(1029, 22);
+  const float edges[] = {-10.0f, 10.0f, std::nextafter(-10.0f, 0.0f), std::nextafter(10.0f, 0.0f), -11.0f, 12.5f,
+                         0.0f, -0.0f, 1e-30f, -3e-8f, 1.0f + 1.0f / 2048, 2.0f + 3.0f / 1024 + 1.0f / 2048};
+  for (size_t i = 0; i < std::size(edges); ++i) g[i * 3] = edges[i];
+  std::vector<float> out(g.size());
+  gelu_mul(g.data(), u.data(), out.data(), static_cast<int64_t>(g.size()));
+  for (size_t i = 0; i < g.size(); ++i) {
+    float want;
+    if (g[i] <= -10.0f) {
+      want = 0.0f;
+    } else if (g[i] >= 10.0f) {
+      want = g[i] * u[i];
+    } else {
+      const float x = fp16_to_f32(f32_to_fp16(g[i]));
+      const float gelu = 0.5f * x * (1.0f + std::tanh(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+      want = fp16_to_f32(f32_to_fp16(gelu)) * u[i];
+    }
+    ASSERT_EQ(f32_to_bits(want), f32_to_bits(out[i])) << "g " << g[i] << " at " << i;
+  }
+}
+
 TEST(QuantDotKernelTest, SwigluMatchesLibmWithinUlps) {
   auto g = random_vec(100, 7, 4.0f), u = random_vec(100, 8);
   std::vector<float> out(100);

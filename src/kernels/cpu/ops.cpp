@@ -259,16 +259,7 @@ const std::vector<float>& gelu_fp16_table() {
 void gelu_mul(const float* gate, const float* up, float* out, int64_t n) {
   // ggml_vec_geglu_f32: GELU looked up by the fp16 rounding of the input, saturated outside
   // [-10, 10].
-  const std::vector<float>& table = gelu_fp16_table();
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    if (g <= -10.0f)
-      out[i] = 0.0f;
-    else if (g >= 10.0f)
-      out[i] = g * up[i];
-    else
-      out[i] = table[f32_to_fp16(g)] * up[i];
-  }
+  quant_dot_ops().geglu(gate, up, out, n, gelu_fp16_table().data());
 }
 
 void add(const float* a, const float* b, float* out, int64_t n) {

@@ -44,6 +44,9 @@ struct QuantDotOps {
   float (*q4_k_8x8)(const void*, const void*, int64_t);
   float (*q6_k)(const void*, const void*, int64_t);
   void (*swiglu)(const float*, const float*, float*, int64_t);
+  // out[i] = gelu(gate[i]) * up[i] as ggml_vec_geglu_f32: table[fp16 rounding of gate[i]] (the
+  // 65536 GELU values, ops.cpp), 0 at or below -10, the gate itself at or above 10.
+  void (*geglu)(const float* gate, const float* up, float* out, int64_t n, const float* table);
   // quantize_act() (same bytes on every path).
   void (*quantize)(ActFormat, const float*, void*, int64_t);
   // Attention pieces (fp16-rounded inputs): ggml's f16 dot and softmax exponentials.

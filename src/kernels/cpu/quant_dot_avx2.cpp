@@ -142,6 +142,22 @@ void swiglu_avx2(const float* g, const float* u, float* out, int64_t n) {
   impl::swiglu(g + n16, u + n16, out + n16, n - n16);
 }
 
+// impl::geglu 8 lanes at a time: F16C's rounding (to nearest even, as f32_to_fp16) indexes the
+// table through a gather; the saturated ends are blended in.
+void geglu_avx2(const float* g, const float* u, float* out, int64_t n, const float* table) {
+  const int64_t n8 = n / 8 * 8;
+  const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i), y = _mm256_loadu_ps(u + i);
+    const __m256i idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    __m256 r = _mm256_mul_ps(_mm256_i32gather_ps(table, idx, 4), y);
+    r = _mm256_blendv_ps(r, _mm256_mul_ps(x, y), _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+    r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+    _mm256_storeu_ps(out + i, r);
+  }
+  impl::geglu(g + n8, u + n8, out + n8, n - n8, table);
+}
+
 }  // namespace
 
 const QuantDotOps& quant_dot_ops_avx2() {
@@ -156,6 +172,7 @@ const QuantDotOps& quant_dot_ops_avx2() {
                                impl::dot_q4_k_8x8,
                                impl::dot_q6_k,
                                swiglu_avx2,
+                               geglu_avx2,
                                quantize_act_avx2,
                                impl::dot_f16,
                                impl::dot_f16_chain,

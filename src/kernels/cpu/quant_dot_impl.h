@@ -313,6 +313,18 @@ inline double softmax_exp(const float* x, float* y, int64_t n, float max) {
   return sum;
 }
 
+// QuantDotOps::geglu, one value at a time.
+inline void geglu(const float* g, const float* u, float* out, int64_t n, const float* table) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (g[i] <= -10.0f)
+      out[i] = 0.0f;
+    else if (g[i] >= 10.0f)
+      out[i] = g[i] * u[i];
+    else
+      out[i] = table[f32_to_fp16(g[i])] * u[i];
+  }
+}
+
 // ggml_vec_swiglu_f32 on AVX-512: whole chunks of 16 take the polynomial, the tail libm expf.
 // fennec uses this order on every path, so its dispatch paths agree with each other.
 inline void swiglu(const float* g, const float* u, float* out, int64_t n) {

@@ -125,7 +125,7 @@ void quantize_act_scalar(ActFormat f, const float* x, void* out, int64_t n) {
 const QuantDotOps& quant_dot_ops_scalar() {
   static const QuantDotOps ops{impl::dot_q4_0,      impl::dot_q4_1,     impl::dot_q5_0,
                                impl::dot_q5_1,      impl::dot_q8_0,     impl::dot_q4_k,
-                               impl::dot_q4_k_8x8,  impl::dot_q6_k,     impl::swiglu,
+                               impl::dot_q4_k_8x8,  impl::dot_q6_k,     impl::swiglu,       impl::geglu,
                                quantize_act_scalar, impl::dot_f16,      impl::dot_f16_chain,
                                impl::softmax_exp};
   return ops;

@@ -18,6 +18,7 @@
 #include <array>
 #include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 #include "core/float_convert.h"
 #include "kernels/cpu/repack.h"
@@ -489,6 +490,15 @@ void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t
   _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo, hi), summs));
 }
 
+// Writes a tile's outputs out[h][t][r] (rows 8h + r of the group at row0, nr of them) to y.
+template <int T>
+inline void store_tile(const PackedGemmArgs& a, const float (&out)[2][T][8], int64_t t0, int64_t row0, int64_t nr) {
+  for (int t = 0; t < T; ++t) {
+    float* y = a.y + (t0 + t) * a.ldy + row0;
+    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
+  }
+}
+
 // Q4_0 (the nibble type without a table: one scale, u <= 15): nibble_decode, q4_tokens.
 template <class L>
 constexpr bool kQ4Asm = kNibble<L> && !L::kLut;
@@ -519,10 +529,7 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
     half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
     if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
   }
-  for (int t = 0; t < T; ++t) {
-    float* y = a.y + (t0 + t) * a.ldy + row0;
-    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
-  }
+  store_tile<T>(a, out, t0, row0, nr);
 }
 
 template <class L>
@@ -573,6 +580,32 @@ struct KHalf {
   }
 };
 
+// The end of a Q4_K super-block sb for rows 8h..8h+7 and T tokens: the mins against the
+// activation sums (vpmaddwd on int16 pairs), then acc = fma(isum, d * d_a) and fma(-imin,
+// dmin * d_a).
+template <int T>
+inline void q4k_finish(const uint8_t* blk, int h, const quant::BlockQ8K* const* act, int64_t sb, const __m256i* isum,
+                       __m256* acc) {
+  using packed::Q4K;
+  __m256i mins[4];
+  for (int p = 0; p < 4; ++p)
+    mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kMins + 32 * p + 16 * h)));
+  const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kD + 16 * h)));
+  const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kDmin + 16 * h)));
+  for (int t = 0; t < T; ++t) {
+    const int16_t* bs = act[t][sb].bsums;
+    __m256i imin = _mm256_setzero_si256();
+    for (int p = 0; p < 4; ++p) {
+      const uint32_t lo = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
+      const uint32_t hi = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
+      imin = _mm256_add_epi32(imin, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(static_cast<int>(lo | hi << 16))));
+    }
+    const __m256 da = _mm256_set1_ps(act[t][sb].d);
+    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[t]);
+    acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dmin, da), acc[t]);
+  }
+}
+
 // Q4_K: sub-block j's 8 steps (nibbles <= 15: eight int16 pair sums stay below 30480), one
 // vpmaddwd to int32, vpmulld by the 6-bit scales; the mins through vpmaddwd on int16 pairs.
 template <int T>
@@ -603,26 +636,78 @@ void q4k_half(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t t0, fl
         isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(_mm256_madd_epi16(s16, ones), sc));
       }
     }
-    __m256i mins[4];
-    for (int p = 0; p < 4; ++p)
-      mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kMins + 32 * p + 16 * h)));
-    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kD + 16 * h)));
-    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Q4K::kDmin + 16 * h)));
-    for (int t = 0; t < T; ++t) {
-      const int16_t* bs = act[t][sb].bsums;
-      __m256i imin = _mm256_setzero_si256();
-      for (int p = 0; p < 4; ++p) {
-        const uint32_t lo = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
-        const uint32_t hi = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
-        imin = _mm256_add_epi32(imin, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(static_cast<int>(lo | hi << 16))));
-      }
-      const __m256 da = _mm256_set1_ps(act[t][sb].d);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[t]);
-      acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dmin, da), acc[t]);
-    }
+    q4k_finish<T>(blk, h, act, sb, isum, acc);
   }
   k.store(out);
 }
+
+// Q4_K, four tokens, both halves (prefill): per sub-block j, its eight steps (the low or the
+// high nibbles of pair j / 2) times each token's activation bytes, added up as int16 per token
+// and half in one asm statement (as q4_tokens: 13 ymm registers); then per token and half
+// vpmaddwd, vpmulld by the 6-bit scales into the int32 sum isum. The mins and the float steps
+// as q4k_half's.
+#define Q4K_STEP(K, SHIFT, OP)                                                             \
+  "vmovdqu " #K "*64(%[q]), %[w0]\n\t" SHIFT("%[w0]") "vpand %[m4], %[w0], %[w0]\n\t"     \
+  "vmovdqu " #K "*64+32(%[q]), %[w1]\n\t" SHIFT("%[w1]") "vpand %[m4], %[w1], %[w1]\n\t"  \
+  Q4K_TOKEN(K, "%[y0]", "%[s00]", "%[s01]", OP) Q4K_TOKEN(K, "%[y1]", "%[s10]", "%[s11]", OP) \
+  Q4K_TOKEN(K, "%[y2]", "%[s20]", "%[s21]", OP) Q4K_TOKEN(K, "%[y3]", "%[s30]", "%[s31]", OP)
+#define Q4K_TOKEN(K, Y, S0, S1, OP) "vpbroadcastd " #K "*4(" Y "), %[bc]\n\t" OP(S0, "%[w0]") OP(S1, "%[w1]")
+#define Q4K_SET(S, W) "vpmaddubsw %[bc], " W ", " S "\n\t"
+#define Q4K_ADD(S, W) "vpmaddubsw %[bc], " W ", %[p]\n\tvpaddw %[p], " S ", " S "\n\t"
+#define Q4K_LOW(W) ""
+#define Q4K_HIGH(W) "vpsrlw $4, " W ", " W "\n\t"
+#define Q4K_SUB(SHIFT)                                                                                        \
+  Q4K_STEP(0, SHIFT, Q4K_SET) Q4K_STEP(1, SHIFT, Q4K_ADD) Q4K_STEP(2, SHIFT, Q4K_ADD) Q4K_STEP(3, SHIFT, Q4K_ADD) \
+      Q4K_STEP(4, SHIFT, Q4K_ADD) Q4K_STEP(5, SHIFT, Q4K_ADD) Q4K_STEP(6, SHIFT, Q4K_ADD) Q4K_STEP(7, SHIFT, Q4K_ADD)
+void q4k_tokens(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+                int64_t step0) {
+  using packed::Q4K;
+  constexpr int T = 4;
+  KHalf<T> k0(a, t0), k1(a, t0);
+  const quant::BlockQ8K* const* act = k0.act;
+  __m256* acc[2] = {k0.acc, k1.acc};
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t sb = 0; sb < a.nb; ++sb) {
+    const uint8_t* blk = grp + sb * Q4K::kBytes;
+    if (pf) pf->step(step0 + sb);
+    __m256i isum[2][T];
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* q = blk + 512 * (j / 2);
+      __m256i s[T][2], w0, w1, bc, p;
+#define Q4K_OPERANDS                                                                                              \
+  : [s00] "=&x"(s[0][0]), [s01] "=&x"(s[0][1]), [s10] "=&x"(s[1][0]), [s11] "=&x"(s[1][1]), [s20] "=&x"(s[2][0]),  \
+    [s21] "=&x"(s[2][1]), [s30] "=&x"(s[3][0]), [s31] "=&x"(s[3][1]), [w0] "=&x"(w0), [w1] "=&x"(w1), [bc] "=&x"(bc), \
+    [p] "=&x"(p)                                                                                                   \
+  : [q] "r"(q), [y0] "r"(act[0][sb].qs + 32 * j), [y1] "r"(act[1][sb].qs + 32 * j), [y2] "r"(act[2][sb].qs + 32 * j), \
+    [y3] "r"(act[3][sb].qs + 32 * j), [m4] "x"(m4)                                                                 \
+  : "memory"
+      if (j % 2 == 0)
+        asm(Q4K_SUB(Q4K_LOW) Q4K_OPERANDS);
+      else
+        asm(Q4K_SUB(Q4K_HIGH) Q4K_OPERANDS);
+#undef Q4K_OPERANDS
+      for (int h = 0; h < 2; ++h) {
+        const __m256i sc =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + Q4K::kScales + 16 * j + 8 * h)));
+        for (int t = 0; t < T; ++t) {
+          const __m256i x = _mm256_mullo_epi32(_mm256_madd_epi16(s[t][h], ones), sc);
+          isum[h][t] = j == 0 ? x : _mm256_add_epi32(isum[h][t], x);
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) q4k_finish<T>(blk, h, act, sb, isum[h], acc[h]);
+  }
+  k0.store(out);
+  k1.store(out + 8 * T);
+}
+#undef Q4K_STEP
+#undef Q4K_TOKEN
+#undef Q4K_SET
+#undef Q4K_ADD
+#undef Q4K_LOW
+#undef Q4K_HIGH
+#undef Q4K_SUB
 
 // Q6_K: u <= 63, so two steps of int16 pair sums stay below 2 * 2 * 63 * 128 = 32256 before
 // vpmaddwd; each 16-column group starts at -32 * its activation sum, scaled by vpmulld.
@@ -697,10 +782,7 @@ void kquant_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_
   alignas(32) float out[2][T][8];
   K::template run<T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
   if (nr > 8) K::template run<T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
-  for (int t = 0; t < T; ++t) {
-    float* y = a.y + (t0 + t) * a.ldy + row0;
-    for (int64_t r = 0; r < nr; ++r) y[r] = out[r / 8][t][r % 8];
-  }
+  store_tile<T>(a, out, t0, row0, nr);
 }
 
 template <class K>
@@ -712,6 +794,12 @@ void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     const int64_t step0 = (g - g0) * a.nb;  // the first token tile prefetches
     int64_t t = 0;
+    if constexpr (std::is_same_v<K, Q4KHalves>)
+      for (; t + 4 <= a.n_tokens; t += 4) {
+        alignas(32) float out[2][4][8];
+        q4k_tokens(a, grp, t, &out[0][0][0], t == 0 ? &pf : nullptr, step0);
+        store_tile<4>(a, out, t, row0, nr);
+      }
     for (; t + 2 <= a.n_tokens; t += 2) kquant_tile<K, 2>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
     if (t < a.n_tokens) kquant_tile<K, 1>(a, grp, t, row0, nr, t == 0 ? &pf : nullptr, step0);
   }
