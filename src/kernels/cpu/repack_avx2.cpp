@@ -219,6 +219,69 @@ struct TokenSums {
   }
 };
 
+// Q5_0, eight tokens, both halves (prefill). A block's unpacked steps (nibbles plus the 5th-bit
+// plane, the costly part) of both halves go to an L1 buffer once for the eight tokens; then per
+// pair of tokens one asm statement reads them (vmovdqa) and adds each token's vpmaddubsw pair
+// sums as int16, steps 0-3 and 4-7 apart per half (u <= 31: 4 * 2 * 31 * 127 = 31496 fits):
+// 12 ymm registers. The float part per token and half: half_tile's.
+#define Q5_STEP(J, S, OP)                                                                        \
+  "vmovdqa " #J "*32(%[w]), %[w0]\n\t"                                                          \
+  "vmovdqa 256+" #J "*32(%[w]), %[w1]\n\t"                                                      \
+  "vpbroadcastd " #J "*4(%[y0]), %[bc]\n\t" OP("%[s0" S "]", "%[w0]") OP("%[s1" S "]", "%[w1]") \
+  "vpbroadcastd " #J "*4(%[y1]), %[bc]\n\t" OP("%[s2" S "]", "%[w0]") OP("%[s3" S "]", "%[w1]")
+#define Q5_SET(S, W) "vpmaddubsw %[bc], " W ", " S "\n\t"
+#define Q5_ADD(S, W) "vpmaddubsw %[bc], " W ", %[p]\n\tvpaddw %[p], " S ", " S "\n\t"
+template <class L>
+void q5_tokens(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+               int64_t step0) {
+  static_assert(L::kQh && L::kChunks == 4 && L::kScales == 1 && !L::kMin);
+  constexpr int T = 8;
+  TokenSums<T> ts(a, t0);
+  auto& [acc, act] = ts;
+  const float* ad = a.act_d + t0 * a.nb;
+  const int32_t* as = a.act_sum + 2 * t0 * a.nb;
+  const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) __m256i wb[2][8];
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if (pf) pf->step<kFar>(step0 + b);
+    const packed::BlockAt at = packed::block_at<L>(a.nb, b);
+    for (int h = 0; h < 2; ++h) {
+      __m256i w[8];
+      unpack<L>(grp + at.quants, h, w);
+      for (int j = 0; j < 8; ++j) wb[h][j] = w[j];
+    }
+    __m256 dw[2][1];
+    row_scales<L>(grp + at.scales, 0, dw[0]);
+    row_scales<L>(grp + at.scales, 1, dw[1]);
+    const int64_t yo = b * static_cast<int64_t>(sizeof(BlockQ8_0));
+    for (int t = 0; t < T; t += 2) {
+      // s[k][part]: k = 2 * (t - pair's first) + h; part 0: steps 0-3, 1: steps 4-7.
+      __m256i s[4][2], w0, w1, bc, p;
+      asm(Q5_STEP(0, "a", Q5_SET) Q5_STEP(1, "a", Q5_ADD) Q5_STEP(2, "a", Q5_ADD) Q5_STEP(3, "a", Q5_ADD)
+              Q5_STEP(4, "b", Q5_SET) Q5_STEP(5, "b", Q5_ADD) Q5_STEP(6, "b", Q5_ADD) Q5_STEP(7, "b", Q5_ADD)
+          : [s0a] "=&x"(s[0][0]), [s0b] "=&x"(s[0][1]), [s1a] "=&x"(s[1][0]), [s1b] "=&x"(s[1][1]),
+            [s2a] "=&x"(s[2][0]), [s2b] "=&x"(s[2][1]), [s3a] "=&x"(s[3][0]), [s3b] "=&x"(s[3][1]), [w0] "=&x"(w0),
+            [w1] "=&x"(w1), [bc] "=&x"(bc), [p] "=&x"(p)
+          : [w] "r"(&wb[0][0]), [y0] "r"(act[t] + yo), [y1] "r"(act[t + 1] + yo)
+          : "memory");
+      for (int u = 0; u < 2; ++u) {
+        const int32_t* sum = as + 2 * ((t + u) * a.nb + b);
+        const __m256 da = _mm256_set1_ps(ad[(t + u) * a.nb + b]);
+        const __m256i o = _mm256_set1_epi32(-L::kOffset * (sum[0] + sum[1]));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i* sk = s[2 * u + h];
+          const __m256i i = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(sk[0], ones), _mm256_madd_epi16(sk[1], ones)), o);
+          acc[t + u][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw[h][0], da), acc[t + u][h]);
+        }
+      }
+    }
+  }
+  ts.store(out);
+}
+#undef Q5_STEP
+#undef Q5_SET
+#undef Q5_ADD
+
 // Q4_0, T (2 or 4) tokens, both halves (prefill; decode: nibble_decode). The integer part of a
 // block is one asm statement, so that the compiler neither hoists the steps' loads nor spills
 // the int16 sums: per chunk j, the low and high nibbles of both halves (steps j and j + 4), then
@@ -525,6 +588,8 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
     q8_tokens<L>(a, grp, t0, &out[0][0][0], pf, step0);
   } else if constexpr (L::kChunks == 8) {
     q8_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (T == 8) {
+    q5_tokens<L>(a, grp, t0, &out[0][0][0], pf, step0);
   } else {
     half_tile<L, T>(a, grp, 0, t0, &out[0][0][0], pf, step0);
     if (nr > 8) half_tile<L, T>(a, grp, 1, t0, &out[1][0][0], nullptr, 0);
