@@ -229,6 +229,28 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   });
 }
 
+void ThreadPool::parallel_for_guided(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (n_threads_ == 1 || n == 1) {
+    fn(0, n);
+    return;
+  }
+  int64_t first = n / (2 * n_threads_);  // each thread's first chunk, claimed in order
+  if (first < grain) first = 0;
+  std::atomic<int64_t> next{first * n_threads_};
+  run_on_all([&](int t, int nt) {
+    if (first > 0) fn(first * t, first * (t + 1));
+    for (;;) {
+      int64_t b = next.load(std::memory_order_relaxed), e;
+      do {
+        if (b >= n) return;
+        e = std::min(n, b + std::max(grain, (n - b) / (2 * nt)));
+      } while (!next.compare_exchange_weak(b, e, std::memory_order_relaxed));
+      fn(b, e);
+    }
+  });
+}
+
 bool pin_this_thread(int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);

@@ -36,6 +36,11 @@ class ThreadPool {
   // Runs fn(begin, end) over [0, n) split into contiguous chunks, one or more per thread,
   // and waits for all of them.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+  // The same with guided chunks: each thread first takes half of an equal share, then the
+  // threads claim what is left in chunks of half the remainder per thread (at least `grain`),
+  // so that a thread that runs slower (another process on its core, a slower path to memory)
+  // leaves its tail to the others instead of holding them at the end.
+  void parallel_for_guided(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
   // Runs fn(thread_index, n_threads) once on every thread and waits.
   void run_on_all(const std::function<void(int, int)>& fn);

@@ -191,14 +191,15 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
     for (int64_t i = a; i < b; ++i) buf.get()[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
   });
   std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
-  // Two ways of reading, alternated, best of all: plain loads with the hardware prefetchers alone,
-  // and loads with the software prefetch of the packed products (kernels/cpu/repack_layout.h:
-  // each line asked into L2 kPrefetchAhead bytes ahead and into L1 kPrefetchNear ahead), which
-  // on the machines measured reads faster than the plain loop. The roofline is then the most a
-  // read of these bytes was seen to reach, not a read slower than the products themselves.
+  // Three ways of reading, alternated, best of all: plain loads with the hardware prefetchers
+  // alone; loads with the software prefetch of the packed products on AVX-512 (each line asked
+  // into L2 kPrefetchAhead bytes ahead and into L1 kPrefetchNear ahead); and with the L1 stream
+  // alone, as the AVX2 products fetch (repack_avx2.cpp: on the AMD Zen 3 measured, faster there
+  // than both streams). The roofline is then the most a read of these bytes was seen to reach,
+  // not a read slower than the products themselves.
   double best = 0;
-  for (int r = 0; r < 2 * reps; ++r) {
-    const bool prefetch = r % 2 == 1;
+  for (int r = 0; r < 3 * reps; ++r) {
+    const int scheme = r % 3;  // 0: plain, 1: far and near, 2: near
     const auto t0 = Clock::now();
     pool.run_on_all([&](int ti, int nt) {
       const int64_t a = n * ti / nt, b = n * (ti + 1) / nt;
@@ -207,9 +208,10 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
       uint64_t s[8] = {};
       int64_t i = a;
       for (; i + 8 <= b; i += 8) {
-        if (prefetch) {
+        if (scheme > 0) {
           const auto at = reinterpret_cast<uintptr_t>(p + i);
-          if (at + kernels::packed::kPrefetchAhead < end) kernels::packed::prefetch_line<false>(at + kernels::packed::kPrefetchAhead);
+          if (scheme == 1 && at + kernels::packed::kPrefetchAhead < end)
+            kernels::packed::prefetch_line<false>(at + kernels::packed::kPrefetchAhead);
           if (at + kernels::packed::kPrefetchNear < end) kernels::packed::prefetch_line<true>(at + kernels::packed::kPrefetchNear);
         }
         for (int k = 0; k < 8; ++k) s[k] += p[static_cast<size_t>(i + k)];

@@ -291,6 +291,30 @@ TEST(ThreadPoolKernelTest, BackToBackAndSleepingJobsAllComplete) {
   }
 }
 
+// parallel_for_guided covers [0, n) exactly once in non-empty chunks of at least `grain` (the
+// last may be shorter), for counts below, at and far above threads * grain, and still when one
+// thread runs slow (the others take the rest).
+TEST(ThreadPoolKernelTest, GuidedChunksCoverEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t grain : {1, 8}) {
+      for (int64_t n : {1, 2, 7, 16, 17, 100, 1000, 4099}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::atomic<int> short_chunks{0};
+        pool.parallel_for_guided(n, grain, [&](int64_t b, int64_t e) {
+          ASSERT_LT(b, e);
+          if (e - b < grain && e != n) short_chunks += 1;
+          for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)] += 1;
+          if (b == 0 && n >= 100) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        });
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "threads " << threads << " n " << n << " at " << i;
+        EXPECT_EQ(short_chunks.load(), 0) << "threads " << threads << " n " << n;
+      }
+    }
+  }
+}
+
 // Oversubscribed (twice as many busy threads as CPUs beside the pool), the pool notices that its
 // threads wait in the run queue and stops spinning, and its jobs stay correct throughout; a
 // second calling thread takes over the caller's slot.

@@ -36,7 +36,7 @@ struct Row {
   int threads = 0;
   engine::BenchTest test;
   engine::BenchSamples s;
-  double bandwidth = 0;  // bytes/s at this thread count (0: not measured)
+  double bandwidth = 0;  // bytes/s at this thread count; for tg tests the best probe around the test (0: none)
   double roofline = 0;   // decode steps/s the bandwidth allows (tg tests with a bandwidth)
   double joules_per_token = 0;
   bool energy_measured = false;  // from the CPU package counters, else --device-watts x time
@@ -168,18 +168,24 @@ void add_bench_command(CLI::App& app) {
           bw = it->second;
         }
         for (const auto& t : tests) {
+          // A generation test's roofline takes the bandwidth measured just before and just after
+          // it (the better of the two): the speed of a shared machine drifts over minutes, and a
+          // probe taken at another time would compare the run with another machine.
+          const bool bracket = bw > 0 && t.n_gen > 0;
+          const double bw_before = bracket ? engine::measure_read_bandwidth(pool) : 0;
           if (counter) counter->advance();
           const auto t0 = std::chrono::steady_clock::now();
           auto s = engine::run_bench(**lm, pool, t, reps);
           const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           const std::optional<double> run_j = counter ? counter->advance() : std::nullopt;
+          const double bw_test = bracket ? std::max(bw_before, engine::measure_read_bandwidth(pool)) : bw;
           if (!s) {
             std::fprintf(stderr, "fennec bench: %s\n", s.error().message.c_str());
             return set_exit_code(1);
           }
           Row r{path, engine::model_description(**lm), engine::model_size_bytes(**lm),
-                engine::model_n_params(**lm), engine::decode_bytes_per_token(**lm), nt, t, *s, bw};
-          if (t.n_gen > 0 && bw > 0) r.roofline = bw / static_cast<double>(r.bytes_per_token);
+                engine::model_n_params(**lm), engine::decode_bytes_per_token(**lm), nt, t, *s, bw_test};
+          if (bracket) r.roofline = bw_test / static_cast<double>(r.bytes_per_token);
           if (r.s.avg_ts > 0) {
             const double tokens_per_run = static_cast<double>(t.n_prompt > 0 ? t.n_prompt : t.n_gen * t.n_parallel);
             r.energy_measured = run_j.has_value() && *run_j > 0 && run_s > 0;
@@ -225,10 +231,10 @@ void add_bench_command(CLI::App& app) {
       for (const auto& r : rows) {
         if (r.roofline <= 0) continue;
         const double roof = r.roofline;
-        std::printf("decode roofline %s, %d thread%s, %s: %.1f MB of weights per step -> %.1f steps/s; "
-                    "measured %.1f steps/s = %.0f%% of it\n",
+        std::printf("decode roofline %s, %d thread%s, %s: %.1f MB of weights per step at %.1f GB/s (measured "
+                    "around the test) -> %.1f steps/s; measured %.1f steps/s = %.0f%% of it\n",
                     r.model_type.c_str(), r.threads, r.threads == 1 ? "" : "s", test_name(r.test).c_str(),
-                    static_cast<double>(r.bytes_per_token) / 1e6, roof, r.s.avg_ts / r.test.n_parallel,
+                    static_cast<double>(r.bytes_per_token) / 1e6, r.bandwidth / 1e9, roof, r.s.avg_ts / r.test.n_parallel,
                     100.0 * r.s.avg_ts / r.test.n_parallel / roof);
       }
       for (const auto& n : scrub_notes) std::printf("%s\n", n.c_str());
