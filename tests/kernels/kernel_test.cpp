@@ -127,6 +127,75 @@ TEST(OpsKernelTest, RopeNeoxAndNormalRotatePairs) {
   EXPECT_NEAR(b[3], std::cos(0.01f), 1e-6);
 }
 
+// rope against ggml's definition computed here, bit for bit, on the active path (CI forces each):
+// both styles, all dimensions rotated or part of them, pair counts with a tail past the vector
+// width, and calls that alternate positions and bases (rope keeps the last angles per thread;
+// a reused or replaced table must give what a fresh one gives).
+TEST(OpsKernelTest, RopeMatchesGgmlDefinitionBitForBit) {
+  auto expected = [](std::vector<float> x, int64_t ld, int n_heads, int head_dim, const std::vector<int32_t>& pos,
+                     const RopeParams& p) {
+    const int half = p.n_dims / 2;
+    const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_dims));
+    for (size_t t = 0; t < pos.size(); ++t) {
+      float theta = static_cast<float>(pos[t]);
+      for (int i = 0; i < half; ++i) {
+        const float th = p.freq_scale * (theta / (p.freq_factors ? p.freq_factors[i] : 1.0f));
+        const float c = std::cos(th), s = std::sin(th);
+        theta *= theta_scale;
+        for (int h = 0; h < n_heads; ++h) {
+          float* v = x.data() + static_cast<int64_t>(t) * ld + static_cast<int64_t>(h) * head_dim;
+          const int a = p.style == RopeStyle::kNeox ? i : 2 * i, b = p.style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+          const float x0 = v[a], x1 = v[b];
+          v[a] = std::fma(x0, c, -(x1 * s));
+          v[b] = std::fma(x0, s, x1 * c);
+        }
+      }
+    }
+    return x;
+  };
+  const std::vector<float> factors = [] {
+    std::vector<float> f(40);
+    for (size_t i = 0; i < f.size(); ++i) f[i] = 1.0f + 0.37f * static_cast<float>(i);
+    return f;
+  }();
+  struct Case {
+    RopeStyle style;
+    int head_dim, n_dims, n_heads;
+    float base, scale;
+    const float* factors;
+  };
+  const Case cases[] = {{RopeStyle::kNormal, 64, 64, 3, 10000.f, 1.0f, nullptr},
+                        {RopeStyle::kNeox, 64, 64, 3, 1000000.f, 1.0f, nullptr},
+                        {RopeStyle::kNeox, 80, 80, 2, 10000.f, 0.5f, nullptr},   // 40 pairs: a tail of 8
+                        {RopeStyle::kNormal, 72, 72, 2, 500000.f, 1.0f, factors.data()},  // 36 pairs
+                        {RopeStyle::kNeox, 128, 32, 2, 10000.f, 1.0f, nullptr},  // partial rotation
+                        {RopeStyle::kNormal, 64, 20, 1, 10000.f, 1.0f, nullptr}};
+  for (const Case& c : cases) {
+    RopeParams p;
+    p.style = c.style;
+    p.n_dims = c.n_dims;
+    p.freq_base = c.base;
+    p.freq_scale = c.scale;
+    p.freq_factors = c.factors;
+    RopeParams other = p;
+    other.freq_base = c.base * 3;
+    const int64_t ld = static_cast<int64_t>(c.n_heads) * c.head_dim + 5;
+    const std::vector<std::vector<int32_t>> runs = {{0, 1, 2, 77, 4095}, {3, 9}, {0, 1, 2, 77, 4095}};
+    for (size_t r = 0; r < runs.size(); ++r) {
+      const auto& pos = runs[r];
+      const auto x = random_vec(static_cast<size_t>(ld) * pos.size(), static_cast<uint32_t>(30 + r), 3.0f);
+      for (const RopeParams* q : {&p, &other, &p}) {
+        std::vector<float> got = x;
+        rope(got.data(), static_cast<int64_t>(pos.size()), ld, c.n_heads, c.head_dim, pos.data(), *q);
+        const auto want = expected(x, ld, c.n_heads, c.head_dim, pos, *q);
+        for (size_t i = 0; i < x.size(); ++i)
+          ASSERT_EQ(f32_to_bits(want[i]), f32_to_bits(got[i]))
+              << "dims " << c.n_dims << " of " << c.head_dim << " run " << r << " at " << i;
+      }
+    }
+  }
+}
+
 // Cache bytes holding the values x as type t: fp16, or Q8_0 blocks quantized as the model
 // stores them (quantize_act, ggml's quantize_row_q8_0).
 std::vector<uint8_t> cache_of(KvType t, const std::vector<float>& x) {

@@ -210,11 +210,41 @@ void rms_norm(const float* x, const float* weight, int64_t n_tokens, int64_t dim
   }
 }
 
-void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
-          const int32_t* positions, const RopeParams& p) {
+namespace {
+
+// The cosines and sines of one rope call's angles per token ([t][half] each), kept per thread
+// for the next calls with the same positions and parameters: a forward pass ropes Q and K of
+// every layer at the same positions, so the libm cos and sin run once per pass (twice for
+// Gemma 3's local and global bases), not twice per layer.
+struct RopeAngles {
+  std::vector<int32_t> pos;
+  int n_dims = 0;
+  float freq_base = 0, freq_scale = 0;
+  const float* freq_factors = nullptr;
+  std::vector<float> cos, sin;
+  bool matches(const int32_t* positions, int64_t n, const RopeParams& p) const {
+    return n_dims == p.n_dims && freq_base == p.freq_base && freq_scale == p.freq_scale &&
+           freq_factors == p.freq_factors && static_cast<int64_t>(pos.size()) == n &&
+           std::equal(pos.begin(), pos.end(), positions);
+  }
+};
+
+const RopeAngles& rope_angles(const int32_t* positions, int64_t n_tokens, const RopeParams& p) {
+  thread_local RopeAngles slots[2];
+  thread_local int next = 0;
+  for (const RopeAngles& a : slots)
+    if (a.matches(positions, n_tokens, p)) return a;
+  RopeAngles& a = slots[next];
+  next = 1 - next;
   const int half = p.n_dims / 2;
+  a.pos.assign(positions, positions + n_tokens);
+  a.n_dims = p.n_dims;
+  a.freq_base = p.freq_base;
+  a.freq_scale = p.freq_scale;
+  a.freq_factors = p.freq_factors;
+  a.cos.resize(static_cast<size_t>(n_tokens * half));
+  a.sin.resize(a.cos.size());
   const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_dims));
-  std::vector<float> cs(static_cast<size_t>(half) * 2);
   for (int64_t t = 0; t < n_tokens; ++t) {
     // theta_i = pos * base^(-2i/n_dims), built by repeated multiplication in float the way
     // ggml's rope cache is, so the angles carry the same rounding.
@@ -222,22 +252,24 @@ void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
     for (int i = 0; i < half; ++i) {
       const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
       const float th = p.freq_scale * (theta / ff);
-      cs[2 * i] = std::cos(th);
-      cs[2 * i + 1] = std::sin(th);
+      a.cos[static_cast<size_t>(t * half + i)] = std::cos(th);
+      a.sin[static_cast<size_t>(t * half + i)] = std::sin(th);
       theta *= theta_scale;
     }
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = x + t * ld + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < half; ++i) {
-        const int a = p.style == RopeStyle::kNormal ? 2 * i : i;
-        const int b = p.style == RopeStyle::kNormal ? 2 * i + 1 : i + half;
-        const float x0 = v[a], x1 = v[b];
-        // ggml's rotation as GCC contracts it (x0*c - x1*s and x0*s + x1*c, first product fused).
-        v[a] = std::fma(x0, cs[2 * i], -(x1 * cs[2 * i + 1]));
-        v[b] = std::fma(x0, cs[2 * i + 1], x1 * cs[2 * i]);
-      }
-    }
   }
+  return a;
+}
+
+}  // namespace
+
+void rope(float* x, int64_t n_tokens, int64_t ld, int n_heads, int head_dim,
+          const int32_t* positions, const RopeParams& p) {
+  const int half = p.n_dims / 2;
+  const RopeAngles& a = rope_angles(positions, n_tokens, p);
+  const auto rotate = quant_dot_ops().rope_rotate;
+  for (int64_t t = 0; t < n_tokens; ++t)
+    rotate(x + t * ld, n_heads, head_dim, half, p.style == RopeStyle::kNeox, a.cos.data() + t * half,
+           a.sin.data() + t * half);
 }
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) {

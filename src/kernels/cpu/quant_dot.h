@@ -47,6 +47,10 @@ struct QuantDotOps {
   // out[i] = gelu(gate[i]) * up[i] as ggml_vec_geglu_f32: table[fp16 rounding of gate[i]] (the
   // 65536 GELU values, ops.cpp), 0 at or below -10, the gate itself at or above 10.
   void (*geglu)(const float* gate, const float* up, float* out, int64_t n, const float* table);
+  // rope's rotation of one token's n_heads heads (head_dim apart) by the angles whose cosines
+  // and sines are c[i], s[i] for pair i < half: pairs (2i, 2i+1), or (i, i + half) with neox, as
+  // ggml computes them (x0*c - x1*s and x0*s + x1*c, the first product fused).
+  void (*rope_rotate)(float* v, int n_heads, int head_dim, int half, bool neox, const float* c, const float* s);
   // quantize_act() (same bytes on every path).
   void (*quantize)(ActFormat, const float*, void*, int64_t);
   // Attention pieces (fp16-rounded inputs): ggml's f16 dot and softmax exponentials.

@@ -142,6 +142,37 @@ void swiglu_avx2(const float* g, const float* u, float* out, int64_t n) {
   impl::swiglu(g + n16, u + n16, out + n16, n - n16);
 }
 
+// impl::rope_rotate 8 values at a time with the same fused and rounded products: halves (neox)
+// pair lane with lane; adjacent pairs take each angle twice and the pair swapped in-lane, even
+// lanes from x0*c - (x1*s), odd ones from x0*s + (x1*c). The pairs past a multiple of 8 (or 4)
+// go one at a time.
+void rope_rotate_avx2(float* v, int n_heads, int head_dim, int half, bool neox, const float* c, const float* s) {
+  const int whole = neox ? half / 8 * 8 : half / 4 * 4;
+  for (int h = 0; h < n_heads; ++h) {
+    float* x = v + static_cast<int64_t>(h) * head_dim;
+    if (neox) {
+      for (int i = 0; i < whole; i += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + half + i);
+        const __m256 vc = _mm256_loadu_ps(c + i), vs = _mm256_loadu_ps(s + i);
+        _mm256_storeu_ps(x + i, _mm256_fmsub_ps(x0, vc, _mm256_mul_ps(x1, vs)));
+        _mm256_storeu_ps(x + half + i, _mm256_fmadd_ps(x0, vs, _mm256_mul_ps(x1, vc)));
+      }
+    } else {
+      for (int i = 0; i < whole; i += 4) {
+        const __m128 c4 = _mm_loadu_ps(c + i), s4 = _mm_loadu_ps(s + i);
+        const __m256 cd = _mm256_set_m128(_mm_unpackhi_ps(c4, c4), _mm_unpacklo_ps(c4, c4));
+        const __m256 sd = _mm256_set_m128(_mm_unpackhi_ps(s4, s4), _mm_unpacklo_ps(s4, s4));
+        const __m256 xv = _mm256_loadu_ps(x + 2 * i);
+        const __m256 sw = _mm256_permute_ps(xv, 0xB1);  // x1 x0 per pair
+        const __m256 even = _mm256_fmsub_ps(xv, cd, _mm256_mul_ps(sw, sd));
+        const __m256 odd = _mm256_fmadd_ps(sw, sd, _mm256_mul_ps(xv, cd));
+        _mm256_storeu_ps(x + 2 * i, _mm256_blend_ps(even, odd, 0xAA));
+      }
+    }
+  }
+  if (whole < half) impl::rope_rotate(v, n_heads, head_dim, half, neox, c, s, whole);
+}
+
 // impl::geglu 8 lanes at a time: F16C's rounding (to nearest even, as f32_to_fp16) indexes the
 // table through a gather; the saturated ends are blended in.
 void geglu_avx2(const float* g, const float* u, float* out, int64_t n, const float* table) {
@@ -173,6 +204,7 @@ const QuantDotOps& quant_dot_ops_avx2() {
                                impl::dot_q6_k,
                                swiglu_avx2,
                                geglu_avx2,
+                               rope_rotate_avx2,
                                quantize_act_avx2,
                                impl::dot_f16,
                                impl::dot_f16_chain,

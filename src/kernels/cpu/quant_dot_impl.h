@@ -313,6 +313,20 @@ inline double softmax_exp(const float* x, float* y, int64_t n, float max) {
   return sum;
 }
 
+// QuantDotOps::rope_rotate, one pair at a time from pair `from` on.
+inline void rope_rotate(float* v, int n_heads, int head_dim, int half, bool neox, const float* c, const float* s,
+                        int from = 0) {
+  for (int h = 0; h < n_heads; ++h) {
+    float* x = v + static_cast<int64_t>(h) * head_dim;
+    for (int i = from; i < half; ++i) {
+      const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+      const float x0 = x[a], x1 = x[b];
+      x[a] = std::fma(x0, c[i], -(x1 * s[i]));
+      x[b] = std::fma(x0, s[i], x1 * c[i]);
+    }
+  }
+}
+
 // QuantDotOps::geglu, one value at a time.
 inline void geglu(const float* g, const float* u, float* out, int64_t n, const float* table) {
   for (int64_t i = 0; i < n; ++i) {

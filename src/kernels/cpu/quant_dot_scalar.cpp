@@ -126,6 +126,9 @@ const QuantDotOps& quant_dot_ops_scalar() {
   static const QuantDotOps ops{impl::dot_q4_0,      impl::dot_q4_1,     impl::dot_q5_0,
                                impl::dot_q5_1,      impl::dot_q8_0,     impl::dot_q4_k,
                                impl::dot_q4_k_8x8,  impl::dot_q6_k,     impl::swiglu,       impl::geglu,
+                               [](float* v, int nh, int hd, int half, bool neox, const float* c, const float* s) {
+                                 impl::rope_rotate(v, nh, hd, half, neox, c, s);
+                               },
                                quantize_act_scalar, impl::dot_f16,      impl::dot_f16_chain,
                                impl::softmax_exp};
   return ops;
