@@ -127,6 +127,33 @@ TEST(OpsKernelTest, RopeNeoxAndNormalRotatePairs) {
   EXPECT_NEAR(b[3], std::cos(0.01f), 1e-6);
 }
 
+// rms_norm is ggml's: the sum of squares in double in element order, then x * s * weight in float;
+// in place too (the model normalizes q and k heads in place). Token counts around the four-token
+// groups, with and without a weight.
+TEST(OpsKernelTest, RmsNormMatchesGgmlOrderBitForBit) {
+  const int64_t dim = 72;
+  const auto w = random_vec(dim, 41);
+  for (int64_t n : {1, 3, 4, 5, 9}) {
+    const auto x = random_vec(static_cast<size_t>(n * dim), static_cast<uint32_t>(40 + n), 5.0f);
+    for (const float* weight : {w.data(), static_cast<const float*>(nullptr)}) {
+      std::vector<float> want(x.size());
+      for (int64_t t = 0; t < n; ++t) {
+        double ss = 0;
+        for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(x[t * dim + i] * x[t * dim + i]);
+        const float s = 1.0f / std::sqrt(static_cast<float>(ss / dim) + 1e-6f);
+        for (int64_t i = 0; i < dim; ++i) want[t * dim + i] = weight ? x[t * dim + i] * s * weight[i] : x[t * dim + i] * s;
+      }
+      std::vector<float> got(x.size()), inplace = x;
+      rms_norm(x.data(), weight, n, dim, 1e-6f, got.data());
+      rms_norm(inplace.data(), weight, n, dim, 1e-6f, inplace.data());
+      for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_EQ(f32_to_bits(want[i]), f32_to_bits(got[i])) << "tokens " << n << " at " << i;
+        ASSERT_EQ(f32_to_bits(want[i]), f32_to_bits(inplace[i])) << "in place, tokens " << n << " at " << i;
+      }
+    }
+  }
+}
+
 // rope against ggml's definition computed here, bit for bit, on the active path (CI forces each):
 // both styles, all dimensions rotated or part of them, pair counts with a tail past the vector
 // width, and calls that alternate positions and bases (rope keeps the last angles per thread;

@@ -197,16 +197,33 @@ void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out) {
 
 void rms_norm(const float* x, const float* weight, int64_t n_tokens, int64_t dim, float eps,
               float* out) {
-  for (int64_t t = 0; t < n_tokens; ++t) {
+  // Each token's sum of squares in double, in element order as ggml adds it: one chain of
+  // dependent additions per token, so four tokens' chains run side by side.
+  auto finish = [&](int64_t t, double ss) {
     const float* xt = x + t * dim;
     float* ot = out + t * dim;
-    double ss = 0;
-    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xt[i] * xt[i]);  // as ggml
     const float s = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
     if (weight)
       for (int64_t i = 0; i < dim; ++i) ot[i] = xt[i] * s * weight[i];
     else
       for (int64_t i = 0; i < dim; ++i) ot[i] = xt[i] * s;
+  };
+  int64_t t = 0;
+  for (; t + 4 <= n_tokens; t += 4) {
+    const float* x0 = x + t * dim;
+    double ss[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < dim; ++i)
+      for (int k = 0; k < 4; ++k) {
+        const float v = x0[k * dim + i];
+        ss[k] += static_cast<double>(v * v);
+      }
+    for (int k = 0; k < 4; ++k) finish(t + k, ss[k]);
+  }
+  for (; t < n_tokens; ++t) {
+    const float* xt = x + t * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xt[i] * xt[i]);
+    finish(t, ss);
   }
 }
 
