@@ -185,7 +185,7 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
   if (detect_simd_level() >= SimdLevel::kAvx2) paths.push_back({&packed_gemm_ops_avx2(), "avx2"});
   if (detect_simd_level() >= SimdLevel::kAvx512) paths.push_back({&packed_gemm_ops_avx512(), "avx512"});
   for (int64_t rows : {16, 37, 64}) {
-    for (int64_t cols : {32, 96, 512}) {
+    for (int64_t cols : {32, 96, 512, 2080}) {  // 2080: 65 blocks, past the prefill kernels' runs
       if (cols % block_cols(t)) continue;
       const int64_t nb = cols / 32;
       const int64_t rb = row_bytes(t, cols);

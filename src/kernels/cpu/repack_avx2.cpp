@@ -10,7 +10,9 @@
 // broadcast feeds both. Q4_0 and Q8_0 prefill take 4 tokens per pass with the integer part of a
 // block written as one asm statement (q4_tokens, q8_tokens): from intrinsics GCC hoisted the
 // steps' loads and spilled the int16 sums. Decode: nibble_decode, q8_pass; the FP4 types:
-// nibble_pass. Q5_0 and Q4_1 a half at a time (half_tile, half_tile_lanes).
+// nibble_pass. Q5_0 a half at a time (half_tile), 8-token prefill tiles (q5_tokens). Q4_1:
+// ggml's float lanes, one token a half at a time (half_tile_lanes), 4-token prefill tiles a lane
+// pair at a time (q41_tokens).
 // The float steps are repack.h's, so the bits equal the scalar and AVX-512 paths'.
 #include <immintrin.h>
 
@@ -553,6 +555,109 @@ void half_tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int h, int64_t
   _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo, hi), summs));
 }
 
+// half_tile_lanes for T tokens (prefill). ggml's 8 lanes per output are 8 independent chains
+// over the blocks, so they are walked one pair at a time (lanes j and j + 4: the low and high
+// nibbles of packed vector j) through a run of blocks, which keeps 4T chains in registers and
+// lets each loaded weight vector feed T tokens. The products d * d_y of the run (each chain's
+// fma reads its own as a memory operand) and the m terms' chains come first, in one walk.
+// Each chain's operations and order are half_tile_lanes', so the bits are too.
+#define Q41_LOAD                 \
+  "vmovdqa (%[q]), %[wl]\n\t"     \
+  "vpsrlw $4, %[wl], %[wh]\n\t"   \
+  "vpand %[m4], %[wl], %[wl]\n\t" \
+  "vpand %[m4], %[wh], %[wh]\n\t"
+// Lanes j (low nibbles) and j + 4 (high) of one token: y points at its qs + 4j, D is the
+// offset of its d * d_y.
+#define Q41_TOKEN(Y, D, LO, HI)                                                        \
+  "vpbroadcastd (" Y "), %[b0]\n\t"                                                   \
+  "vpbroadcastd 16(" Y "), %[b1]\n\t"                                                 \
+  "vpmaddubsw %[b0], %[wl], %[p0]\n\t"                                                \
+  "vpmaddubsw %[b1], %[wh], %[p1]\n\t"                                                \
+  "vpmaddwd %[ones], %[p0], %[p0]\n\t"                                                \
+  "vpmaddwd %[ones], %[p1], %[p1]\n\t"                                                \
+  "vcvtdq2ps %[p0], %[p0]\n\t"                                                        \
+  "vcvtdq2ps %[p1], %[p1]\n\t"                                                        \
+  "vfmadd231ps " D "(%[d]), %[p0], " LO "\n\t"                                         \
+  "vfmadd231ps " D "(%[d]), %[p1], " HI "\n\t"
+template <class L, int T>
+void q41_tokens(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, float* out, const packed::Prefetcher* pf,
+                int64_t step0) {
+  static_assert(L::kMin && L::kChunks == 4);
+  constexpr int64_t kRun = 64;  // blocks per run: dd is kRun * 2 * T * 32 bytes (16 KB for T = 4)
+  alignas(32) __m256 dd[kRun][2][T];
+  __m256 lane[2][T][8], summs[2][T];
+  const quant::BlockQ8_1* act[T];
+  const uint8_t* yq[T];
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const quant::BlockQ8_1*>(a.act + (t0 + t) * a.act_stride);
+    yq[t] = reinterpret_cast<const uint8_t*>(act[t]) + offsetof(quant::BlockQ8_1, qs);
+    for (int h = 0; h < 2; ++h) {
+      summs[h][t] = _mm256_setzero_ps();
+      for (auto& x : lane[h][t]) x = _mm256_setzero_ps();
+    }
+  }
+  const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b0 = 0; b0 < a.nb; b0 += kRun) {
+    const int64_t n = std::min(kRun, a.nb - b0);
+    for (int64_t i = 0; i < n; ++i) {
+      if (pf) pf->step<kFar>(step0 + b0 + i);
+      const auto* sc = reinterpret_cast<const __m128i*>(grp + packed::block_at<L>(a.nb, b0 + i).scales);
+      for (int h = 0; h < 2; ++h) {
+        const __m256 dx = _mm256_cvtph_ps(_mm_load_si128(sc + h));
+        const __m256 mx = _mm256_cvtph_ps(_mm_load_si128(sc + 2 + h));
+        for (int t = 0; t < T; ++t) {
+          const quant::BlockQ8_1& y = act[t][b0 + i];
+          dd[i][h][t] = _mm256_mul_ps(dx, _mm256_set1_ps(_cvtsh_ss(y.d)));
+          summs[h][t] = _mm256_fmadd_ps(mx, _mm256_set1_ps(_cvtsh_ss(y.s)), summs[h][t]);
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 4; ++j) {
+        __m256 lo[T], hi[T];
+        for (int t = 0; t < T; ++t) {
+          lo[t] = lane[h][t][j];
+          hi[t] = lane[h][t][j + 4];
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const uint8_t* q = grp + packed::block_at<L>(a.nb, b0 + i).quants + 64 * j + 32 * h;
+          const int64_t yo = (b0 + i) * static_cast<int64_t>(sizeof(quant::BlockQ8_1)) + 4 * j;
+          const __m256* d = dd[i][h];
+          __m256i wl, wh, b0v, p0, b1v, p1;
+          if constexpr (T == 4) {
+            asm(Q41_LOAD Q41_TOKEN("%[y0]", "0", "%[l0]", "%[h0]") Q41_TOKEN("%[y1]", "32", "%[l1]", "%[h1]")
+                    Q41_TOKEN("%[y2]", "64", "%[l2]", "%[h2]") Q41_TOKEN("%[y3]", "96", "%[l3]", "%[h3]")
+                : [l0] "+x"(lo[0]), [h0] "+x"(hi[0]), [l1] "+x"(lo[1]), [h1] "+x"(hi[1]), [l2] "+x"(lo[2]),
+                  [h2] "+x"(hi[2]), [l3] "+x"(lo[3]), [h3] "+x"(hi[3]), [wl] "=&x"(wl), [wh] "=&x"(wh),
+                  [b0] "=&x"(b0v), [p0] "=&x"(p0), [b1] "=&x"(b1v), [p1] "=&x"(p1)
+                : [q] "r"(q), [y0] "r"(yq[0] + yo), [y1] "r"(yq[1] + yo), [y2] "r"(yq[2] + yo), [y3] "r"(yq[3] + yo),
+                  [d] "r"(d), [m4] "m"(m4), [ones] "x"(ones)
+                : "memory");
+          } else {
+            asm(Q41_LOAD Q41_TOKEN("%[y0]", "0", "%[l0]", "%[h0]") Q41_TOKEN("%[y1]", "32", "%[l1]", "%[h1]")
+                : [l0] "+x"(lo[0]), [h0] "+x"(hi[0]), [l1] "+x"(lo[1]), [h1] "+x"(hi[1]), [wl] "=&x"(wl), [wh] "=&x"(wh),
+                  [b0] "=&x"(b0v), [p0] "=&x"(p0), [b1] "=&x"(b1v), [p1] "=&x"(p1)
+                : [q] "r"(q), [y0] "r"(yq[0] + yo), [y1] "r"(yq[1] + yo), [d] "r"(d), [m4] "m"(m4), [ones] "x"(ones)
+                : "memory");
+          }
+        }
+        for (int t = 0; t < T; ++t) {
+          lane[h][t][j] = lo[t];
+          lane[h][t][j + 4] = hi[t];
+        }
+      }
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < T; ++t) {
+      const __m256* l = lane[h][t];
+      const __m256 x = _mm256_add_ps(_mm256_add_ps(l[0], l[4]), _mm256_add_ps(l[2], l[6]));
+      const __m256 z = _mm256_add_ps(_mm256_add_ps(l[1], l[5]), _mm256_add_ps(l[3], l[7]));
+      _mm256_storeu_ps(out + 8 * (h * T + t), _mm256_add_ps(_mm256_add_ps(x, z), summs[h][t]));
+    }
+}
+#undef Q41_LOAD
+#undef Q41_TOKEN
+
 // Writes a tile's outputs out[h][t][r] (rows 8h + r of the group at row0, nr of them) to y.
 template <int T>
 inline void store_tile(const PackedGemmArgs& a, const float (&out)[2][T][8], int64_t t0, int64_t row0, int64_t nr) {
@@ -567,7 +672,7 @@ template <class L>
 constexpr bool kQ4Asm = kNibble<L> && !L::kLut;
 // Types whose prefill takes 4-token tiles (the asm passes; q4_tokens, q8_tokens).
 template <class L>
-constexpr bool kFourTokens = kQ4Asm<L> || L::kChunks == 8;
+constexpr bool kFourTokens = kQ4Asm<L> || L::kChunks == 8 || L::kMin;
 
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, int64_t nr,
@@ -579,6 +684,8 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
     q4_tokens<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
   } else if constexpr (kNibble<L>) {
     nibble_pass<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
+  } else if constexpr (L::kMin && T > 1) {
+    q41_tokens<L, T>(a, grp, t0, &out[0][0][0], pf, step0);
   } else if constexpr (L::kMin) {
     for (int t = 0; t < T; ++t) {
       half_tile_lanes<L>(a, grp, 0, t0 + t, &out[0][t][0], t == 0 ? pf : nullptr, step0);
