@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "core/float_convert.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/activation_quant.h"
@@ -37,6 +38,18 @@ std::vector<const VecOps*> available_paths() {
   if (best >= SimdLevel::kAvx512) paths.push_back(&vec_ops_avx512());
   paths.push_back(&vec_ops());
   return paths;
+}
+
+// The kernels' scratch rows (attention's gathered keys and values) rely on it: a 32-byte load at
+// malloc's 16-byte offset splits a cache line every fourth time.
+TEST(AlignedVectorTest, ElementsStartOnACacheLineAtEverySize) {
+  for (size_t n : {size_t{1}, size_t{3}, size_t{17}, size_t{4096}, size_t{1} << 20}) {
+    aligned_vector<float> v(n, 1.0f);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % 64, 0u) << n;
+    v.resize(3 * n + 5);  // reallocation keeps it
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % 64, 0u) << n;
+    EXPECT_EQ(v[0], 1.0f);
+  }
 }
 
 TEST(VecKernelTest, DotAndAxpyAgreeWithReferenceOnEveryPath) {

@@ -33,6 +33,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/cpu/attention_kernels.h"
 #include "kernels/cpu/expf_avx2.h"
 
@@ -465,7 +466,7 @@ void qk_dispatch(const float* const* q, const Rows& kr, int dk, int32_t lo, int3
 // Per-thread buffers of a work item's rows: q rounded to fp16, scores, weights and slot state,
 // and each row's pointers into them and into the output.
 struct RowBuffers {
-  std::vector<float> scores, probs, qh, state;
+  aligned_vector<float> scores, probs, qh, state;
   std::vector<const float*> qrows;
   std::vector<float*> srows, prows, orows;
   void resize(int rows, int64_t n_row, int dk, int64_t state_floats) {
@@ -751,7 +752,7 @@ void attend_simd(const AttnArgs& a, const AttnItem& w) {
   }
   const int h0 = w.kv_head, h1 = w.kv_head_end > 0 ? w.kv_head_end : p.n_kv_heads;
   const int64_t ik = static_cast<int64_t>(h1 - h0) * dk, iv = static_cast<int64_t>(h1 - h0) * dv;
-  thread_local std::vector<float> keys, vals;
+  thread_local aligned_vector<float> keys, vals;
   keys.resize(static_cast<size_t>((n_keys + 8) * ik));
   std::fill(keys.begin() + static_cast<int64_t>(n_keys) * ik, keys.end(), 0.0f);
   vals.resize(static_cast<size_t>(n_keys * iv));
