@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 
+#include "core/aligned_vector.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
@@ -303,10 +304,12 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
   const int64_t v_dim = static_cast<int64_t>(hp.n_kv_heads) * hp.head_dim_v;
   const int64_t o_dim = static_cast<int64_t>(hp.n_heads) * hp.head_dim_v;
 
-  std::vector<float> x(static_cast<size_t>(T * E)), h(static_cast<size_t>(T * E));
-  std::vector<float> q(static_cast<size_t>(T * q_dim)), k(static_cast<size_t>(T * k_dim)),
+  // On cache-line boundaries (aligned_vector), as every row of them is when the width is a
+  // multiple of 16: the norms, rope, activations and quantization load them 32 bytes at a time.
+  aligned_vector<float> x(static_cast<size_t>(T * E)), h(static_cast<size_t>(T * E));
+  aligned_vector<float> q(static_cast<size_t>(T * q_dim)), k(static_cast<size_t>(T * k_dim)),
       v(static_cast<size_t>(T * v_dim)), attn(static_cast<size_t>(T * o_dim));
-  std::vector<float> gate(static_cast<size_t>(T * hp.n_ff)), up(static_cast<size_t>(T * hp.n_ff));
+  aligned_vector<float> gate(static_cast<size_t>(T * hp.n_ff)), up(static_cast<size_t>(T * hp.n_ff));
 
   kernels::get_rows(w_.token_embd, batch.tokens, x.data());
   if (hp.embed_scale != 1.0f) kernels::scale(x.data(), hp.embed_scale, T * E);
@@ -425,7 +428,7 @@ Status Model::forward(const Batch& batch, engine::KvCache& kv, ThreadPool& pool,
   const int64_t n_out = batch.n_outputs();
   logits.resize(static_cast<size_t>(n_out * hp.n_vocab));
   if (n_out == 0) return {};
-  std::vector<float> xo(static_cast<size_t>(n_out * E));
+  aligned_vector<float> xo(static_cast<size_t>(n_out * E));
   {
     int64_t o = 0;
     for (size_t s = 0; s < batch.seqs.size(); ++s) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "core/float_convert.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/quant_dot.h"
@@ -73,7 +74,7 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
     x = xr.data();
   }
   pool.parallel_for(n_tiles, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> tile;
+    thread_local aligned_vector<float> tile;
     tile.resize(static_cast<size_t>(kRowTile * w.cols));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * kRowTile;
