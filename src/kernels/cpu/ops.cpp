@@ -182,14 +182,16 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
       ++i;
     }
   };
-  // A few tokens (decode): the threads' streams from memory run at different speeds, so guided
-  // chunks (at least 8 tiles) balance them. Two threads, a 226 MB Q4_0 matrix, alternating with
-  // the equal split in one process: 1 token 5.90-5.94 -> 5.77 ms at the first quartile, 4 tokens
-  // 10.24 -> 10.02-10.08. At 64 and 512 tokens (compute-bound) guided chunks were 2-4% slower.
-  if (n_tokens <= 4)
-    pool.parallel_for_guided(first_tile.back(), 8, body);
-  else
-    pool.parallel_for(first_tile.back(), body);
+  // Guided chunks: a thread that runs slower than the other (its stream from memory, or a core
+  // that the machine gives to someone else for a while) leaves its tail to them instead of
+  // holding them at the end. A few tokens (decode): at least 8 tiles a chunk. Two threads, a
+  // 226 MB Q4_0 matrix, alternating with the equal split in one process: 1 token 5.90-5.94 ->
+  // 5.77 ms at the first quartile, 4 tokens 10.24 -> 10.02-10.08. Prefill: one tile (16 rows of
+  // every token) a chunk at least. On the shared 2-core VM of the thirteenth session, pp512 at
+  // two threads, equal split against guided, alternating: SmolLM2 Q8_0 414-476 -> 469-527 t/s,
+  // Q4_0 602-780 -> 627-738 (medians 606 -> 678), Gemma 3 474-694 -> 596-691, the 1.2B 91-127
+  // -> 98-154; the twelfth session, in a quieter hour, had seen guided 2-4% slower there.
+  pool.parallel_for_guided(first_tile.back(), n_tokens <= 4 ? 8 : 1, body);
 }
 
 void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out) {
