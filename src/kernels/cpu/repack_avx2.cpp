@@ -670,7 +670,7 @@ inline void store_tile(const PackedGemmArgs& a, const float (&out)[2][T][8], int
 // Q4_0 (the nibble type without a table: one scale, u <= 15): nibble_decode, q4_tokens.
 template <class L>
 constexpr bool kQ4Asm = kNibble<L> && !L::kLut;
-// Types whose prefill takes 4-token tiles (the asm passes; q4_tokens, q8_tokens).
+// Types whose prefill takes 4-token tiles (the asm passes; q4_tokens, q8_tokens, q41_tokens).
 template <class L>
 constexpr bool kFourTokens = kQ4Asm<L> || L::kChunks == 8 || L::kMin;
 
