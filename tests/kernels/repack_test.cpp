@@ -15,6 +15,7 @@
 #include "core/float_convert.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/repack_layout.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_dot.h"
 #include "quant/blocks.h"
@@ -178,6 +179,12 @@ float expected_output(GgmlType t, const uint8_t* row, const uint8_t* act, int64_
 
 class RepackKernelTest : public ::testing::TestWithParam<GgmlType> {};
 
+// Puts the process's prefetch plan back however the test ends.
+struct PlanGuard {
+  packed::PrefetchPlan was = packed::prefetch_plan();
+  ~PlanGuard() { packed::set_prefetch_plan(was); }
+};
+
 TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
   const GgmlType t = GetParam();
   if (t == GgmlType::Q4_K || t == GgmlType::Q6_K) GTEST_SKIP() << "Q8_K activations: RepackQ4KKernelTest, RepackQ6KKernelTest";
@@ -208,7 +215,14 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
       for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17}) {
         const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens),
                                t == GgmlType::Q4_1 ? ActFormat::kQ8_1 : ActFormat::kQ8_0);
+        // One token takes the decode kernels, which prefetch by the process's plan: each kind of
+        // plan (both streams, L1 alone, L2 alone) leaves the bits alone.
+        std::vector<packed::PrefetchPlan> plans{packed::prefetch_plan()};
+        if (n_tokens == 1) plans.insert(plans.end(), {{0, 1024}, {32768, 0}});
+        const PlanGuard keep;
+        for (const packed::PrefetchPlan plan : plans)
         for (auto [ops, name] : paths) {
+          packed::set_prefetch_plan(plan);
           const int64_t ldy = rows + 3;
           std::vector<float> y(static_cast<size_t>(n_tokens * ldy), -1.f);
           const PackedGemmArgs args{p, nb, a.q8.data(), a.stride, a.d.data(), a.sum.data(), n_tokens, y.data(), ldy, rows};

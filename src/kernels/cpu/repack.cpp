@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -442,6 +443,33 @@ std::atomic<bool>& pack_q4_1_flag() {
   return on;
 }
 }  // namespace
+
+namespace {
+std::atomic<int64_t>& plan_far() {
+  static std::atomic<int64_t> v{[] {
+    long far = packed::kPrefetchAhead, near = 0;
+    if (const char* e = std::getenv("FENNEC_PREFETCH")) std::sscanf(e, "%ld,%ld", &far, &near);
+    return static_cast<int64_t>(far);
+  }()};
+  return v;
+}
+std::atomic<int64_t>& plan_near() {
+  static std::atomic<int64_t> v{[] {
+    long far = 0, near = packed::kPrefetchNear;
+    if (const char* e = std::getenv("FENNEC_PREFETCH")) std::sscanf(e, "%ld,%ld", &far, &near);
+    return static_cast<int64_t>(near);
+  }()};
+  return v;
+}
+}  // namespace
+
+packed::PrefetchPlan packed::prefetch_plan() {
+  return {plan_far().load(std::memory_order_relaxed), plan_near().load(std::memory_order_relaxed)};
+}
+void packed::set_prefetch_plan(PrefetchPlan plan) {
+  plan_far().store(plan.far, std::memory_order_relaxed);
+  plan_near().store(plan.near, std::memory_order_relaxed);
+}
 
 bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
 void set_repack_enabled(bool on) { repack_flag().store(on, std::memory_order_relaxed); }

@@ -187,9 +187,88 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
+// One packed block of one token: the exact dot (its start value -offset * activation sum),
+// then acc = fma(float(dot), d_w * d_a, acc), per scale half for NVFP4: tile<L, 1>'s bits.
+template <class L>
+inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8_t* y, const int32_t* sum, float da,
+                           __m512 acc) {
+  __m512i w[8];
+  unpack<L>(q, w);
+  const auto* sc = reinterpret_cast<const uint16_t*>(sc_bytes);
+  const __m512 vda = _mm512_set1_ps(da);
+#pragma GCC unroll 2
+  for (int h = 0; h < L::kScales; ++h) {
+    const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + h * kPackRows));
+    __m512 dw;
+    if constexpr (L::kBf16Scale)
+      dw = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    else
+      dw = _mm512_cvtph_ps(raw);
+    const int32_t start = L::kScales == 1 ? -L::kOffset * (sum[0] + sum[1]) : -L::kOffset * sum[h];
+    const int j0 = L::kScales == 1 ? 0 : 4 * h, j1 = L::kScales == 1 ? 8 : j0 + 4;
+    const __m512i s = dot_steps<1>(_mm512_set1_epi32(start), w, y, j0, j1);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, vda), acc);
+  }
+  return acc;
+}
+
+// The one-token product (a decode step's), tile<L, 1>'s bits: the call's groups are one stream
+// of block pairs (repack_layout.h), walked with a pointer, and each pair prefetches its own
+// bytes at the plan's distances ahead, written out per line. (Prefetcher::step and block_at
+// cost a third of the uops of tile<L, 1> per block, and from L2 it ran at about twice the
+// DRAM bandwidth of one core; inside a decode step that left the stream well short of a plain
+// read: bench/micro/README.md.)
+template <class L>
+void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
+  constexpr int64_t kBlock = packed::block_bytes<L>(), kScaleBytes = packed::scale_bytes<L>();
+  constexpr int64_t kPair = packed::pair_bytes<L>(), kLines = kPair / 64;
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
+  const packed::PrefetchPlan plan = packed::prefetch_plan();
+  const int64_t far = plan.far, near = plan.near;
+  const uint8_t* stop = a.w + g1 * gbytes;
+  const bool last_call = g1 * kPackRows >= a.rows && a.run_on_end != nullptr;
+  const auto limit = reinterpret_cast<uintptr_t>(last_call ? std::max(stop, a.run_on_end) : stop);
+  const auto* act = reinterpret_cast<const BlockQ8_0*>(a.act);
+  const float* ad = a.act_d;
+  const int32_t* as = a.act_sum;
+  const int64_t pairs = a.nb / 2;
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * gbytes;
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; ++p) {
+      const uint8_t* q = grp + p * kPair;
+      const auto at = reinterpret_cast<uintptr_t>(q);
+      if (near > 0) {
+        if (at + near + kPair <= limit) {
+#pragma GCC unroll 32
+          for (int64_t l = 0; l < kLines; ++l) packed::prefetch_line<true>(at + near + 64 * l);
+        } else {
+          for (int64_t l = 0; l < kLines && at + near + 64 * l < limit; ++l) packed::prefetch_line<true>(at + near + 64 * l);
+        }
+      }
+      if (far > 0)
+        for (int64_t l = 0; l < kLines && at + far + 64 * l < limit; ++l) packed::prefetch_line<false>(at + far + 64 * l);
+      const int64_t b = 2 * p;
+      acc = decode_block<L>(q, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc);
+      acc = decode_block<L>(q + kBlock, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2, ad[b + 1], acc);
+    }
+    if (a.nb % 2) {  // the odd last block: its scales follow it
+      const int64_t b = a.nb - 1;
+      const uint8_t* q = grp + pairs * kPair;
+      acc = decode_block<L>(q, q + kBlock, act[b].qs, as + 2 * b, ad[b], acc);
+    }
+    _mm512_mask_storeu_ps(a.y + row0, static_cast<__mmask16>((1u << nr) - 1), acc);
+  }
+}
+
 template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 8;
+  if constexpr (!L::kMin) {
+    if (a.n_tokens == 1) return decode_pairs<L>(a, g0, g1);
+  }
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {

@@ -158,16 +158,28 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
 // matrices that the next products read (PackedWeights::pack_all lays them out in that order), so
 // that their first kPrefetchAhead bytes are not left to demand misses. A call ending inside the
 // matrix stops at its own end: the bytes after it are another thread's.
+// The distances a product prefetches at: far (into L2; 0: none) and near (into L1). Chosen once
+// per process (prefetch_plan(), repack.cpp).
+struct PrefetchPlan {
+  int64_t far = kPrefetchAhead;
+  int64_t near = kPrefetchNear;
+};
+PrefetchPlan prefetch_plan();
+void set_prefetch_plan(PrefetchPlan plan);
+
 struct Prefetcher {
-  uintptr_t lo = 0;  // where this call's stream starts, plus the distance (may lie past the buffer)
+  uintptr_t base = 0;  // where this call's stream starts
   uintptr_t end = 0;
   int64_t q16 = 0;  // bytes per step, times 2^16
+  int64_t far = 0, near_at = 0;
   bool near = false;
   Prefetcher(const uint8_t* begin, const uint8_t* stop, const uint8_t* limit, int64_t n_steps)
-      : lo(reinterpret_cast<uintptr_t>(begin) + kPrefetchAhead),
+      : base(reinterpret_cast<uintptr_t>(begin)),
         end(reinterpret_cast<uintptr_t>(std::max(stop, limit))),
         q16(n_steps > 0 ? ((stop - begin) << 16) / n_steps : 0),
-        near(q16 <= (kNearMaxStep << 16)) {}
+        far(prefetch_plan().far),
+        near_at(prefetch_plan().near),
+        near(near_at > 0 && q16 <= (kNearMaxStep << 16)) {}
   // The prefetcher of groups [g0, g1) of a's matrix, group_bytes each, nb steps per group.
   static Prefetcher of_call(const PackedGemmArgs& a, int64_t group_bytes, int64_t g0, int64_t g1) {
     const uint8_t* stop = a.w + g1 * group_bytes;
@@ -178,13 +190,11 @@ struct Prefetcher {
   // are large), for the machines where the L2 stream did not pay (repack_avx2.cpp).
   template <bool kFar = true>
   void step(int64_t i) const {
-    const uintptr_t a = lo + static_cast<uintptr_t>((i * q16) >> 16);
-    const uintptr_t bu = lo + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
-    if constexpr (kFar) prefetch_lines<false>(a, std::min(bu, end));
+    const uintptr_t a = base + static_cast<uintptr_t>((i * q16) >> 16);
+    const uintptr_t b = base + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
+    if (kFar && far > 0) prefetch_lines<false>(a + far, std::min(b + far, end));
     if (!near) return;
-    constexpr uintptr_t kBack = kPrefetchAhead - kPrefetchNear;
-    const uintptr_t b1 = std::min(bu - kBack, end);
-    prefetch_lines<true>(a - kBack, b1);
+    prefetch_lines<true>(a + near_at, std::min(b + near_at, end));
   }
 };
 
