@@ -212,7 +212,7 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
       uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
       const int64_t groups = (rows + kPackRows - 1) / kPackRows;
       pack_groups(w, p, 0, groups);
-      for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17}) {
+      for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17, 32}) {  // 17, 32: AMX tiles of 16 tokens (with a rest)
         const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens),
                                t == GgmlType::Q4_1 ? ActFormat::kQ8_1 : ActFormat::kQ8_0);
         // One token takes the decode kernels, which prefetch by the process's plan: each kind of
@@ -288,6 +288,40 @@ TEST_P(RepackKernelTest, MatmulWithPackedViewAgreesWithUnpacked) {
     EXPECT_EQ(y2[i], y1[i] * 0.25f) << i;
     EXPECT_EQ(y3[i], y0[i] * 0.25f) << i;
   }
+}
+
+// The AMX prefill (repack_avx512.cpp) through matmul and matmul_group, whose activations the
+// caller lays out as tiles once per product, gives the bits of the AVX-512 VNNI path: 37 tokens
+// (two tiles of 16 and a rest of 5), two threads, and two matrices in one pass.
+TEST_P(RepackKernelTest, AmxPrefillThroughMatmulMatchesVnniBitForBit) {
+  const GgmlType t = GetParam();
+  if (!amx_usable()) GTEST_SKIP() << "no AMX-INT8 here (or FENNEC_AMX=0, or a lower SIMD level)";
+  const PackQ4_1 q4_1;
+  const int64_t rows = 50, cols = 352, n_tokens = 37;  // 11 blocks: an odd last one
+  if (cols % block_cols(t)) GTEST_SKIP();
+  const auto m = random_rows(t, rows, cols, 11);
+  const auto m2 = random_rows(t, rows + 16, cols, 12);
+  WeightView w{t, m.data(), rows, cols, row_bytes(t, cols)};
+  WeightView w2{t, m2.data(), rows + 16, cols, row_bytes(t, cols)};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(n_tokens * cols));
+  for (auto& v : x) v = nd(rng);
+  ThreadPool pool(2);
+  PackedWeights store;
+  WeightView* both[] = {&w, &w2};
+  store.pack_all(both, pool);
+  if (!w.packed) GTEST_SKIP() << "not packed";
+  std::vector<float> on(static_cast<size_t>(n_tokens * (2 * rows + 16))), off(on.size(), -1.f);
+  const auto run = [&](std::vector<float>& y) {
+    MatmulJob jobs[] = {{&w, y.data(), 2 * rows + 16}, {&w2, y.data() + rows, 2 * rows + 16}};
+    matmul_group(jobs, x.data(), n_tokens, pool);
+  };
+  run(on);
+  set_amx_enabled(false);
+  run(off);
+  set_amx_enabled(true);
+  for (size_t i = 0; i < on.size(); ++i) ASSERT_EQ(f32_to_bits(on[i]), f32_to_bits(off[i])) << formats::type_name(t) << " at " << i;
 }
 
 // pack_all: the packable matrices one after another in the order given, in one buffer whose end

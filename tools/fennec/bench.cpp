@@ -224,8 +224,8 @@ void add_bench_command(CLI::App& app) {
       }
     }
     if (md) {
-      std::printf("\nSIMD: %s\n",
-                  kernels::simd_level_name(kernels::active_simd_level()));
+      std::printf("\nSIMD: %s%s\n", kernels::simd_level_name(kernels::active_simd_level()),
+                  kernels::amx_usable() ? " + AMX-INT8 (prefill)" : "");
       for (const auto& [nt, bw] : bw_by_threads)
         std::printf("memory read bandwidth: %.1f GB/s with %d thread%s\n", bw / 1e9, nt, nt == 1 ? "" : "s");
       for (const auto& r : rows) {

@@ -144,7 +144,8 @@ void add_doctor_command(CLI::App& app) {
                 {"logical_cpus", n_cpu},
                 {"flags", cpu_flags()},
                 {"simd_best", kernels::simd_level_name(best)},
-                {"simd_active", kernels::simd_level_name(active)}};
+                {"simd_active", kernels::simd_level_name(active)},
+                {"amx_int8", kernels::amx_usable()}};
 
     // Known-answer run of each vector-kernel path this CPU has.
     std::vector<KernelCheck> checks{check_vec_ops(kernels::vec_ops_scalar(), "scalar")};
@@ -242,8 +243,9 @@ void add_doctor_command(CLI::App& app) {
     for (const auto& f : cpu["flags"]) flags += f.get<std::string>() + " ";
     std::printf(
         "  features        %s\n  SIMD path       %s (best this CPU has: %s; FENNEC_CPU lowers "
-        "it)\n",
-        flags.c_str(), kernels::simd_level_name(active), kernels::simd_level_name(best));
+        "it)\n  AMX-INT8        %s\n",
+        flags.c_str(), kernels::simd_level_name(active), kernels::simd_level_name(best),
+        cpu["amx_int8"].get<bool>() ? "used for prefill (FENNEC_AMX=0 turns it off)" : "not used");
     std::printf("\nKernels (known-answer run of each path)\n");
     for (const auto& c : checks)
       std::printf("  %-8s %s  %s\n", c.path.c_str(), c.ok ? "ok  " : "FAIL", c.detail.c_str());

@@ -4,6 +4,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fennec::kernels {
 
 namespace {
@@ -49,5 +55,46 @@ const char* simd_level_name(SimdLevel level) {
   }
   return "?";
 }
+
+namespace {
+// The CPU and the OS allow AMX-INT8 in this process (asked once).
+bool amx_granted() {
+#if defined(__x86_64__) && defined(__linux__)
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid_max(0, nullptr) < 0xd) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+    const bool xsave = [] {
+      unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+      __cpuid(1, a1, b1, c1, d1);
+      return ((c1 >> 27) & 1) != 0;  // OSXSAVE: xgetbv is allowed
+    }();
+    if (!tile || !int8 || !xsave) return false;
+    unsigned lo = 0, hi = 0;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+std::atomic<int> g_amx{-1};  // -1: FENNEC_AMX not read yet
+}  // namespace
+
+bool amx_usable() {
+  int on = g_amx.load(std::memory_order_relaxed);
+  if (on < 0) {
+    const char* e = std::getenv("FENNEC_AMX");
+    on = e && std::strcmp(e, "0") == 0 ? 0 : 1;
+    g_amx = on;
+  }
+  return on == 1 && active_simd_level() == SimdLevel::kAvx512 && amx_granted();
+}
+
+void set_amx_enabled(bool on) { g_amx = on ? 1 : 0; }
 
 }  // namespace fennec::kernels

@@ -128,6 +128,10 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   const int64_t nb = cols / 32;
   thread_local std::vector<float> side_d;
   thread_local std::vector<int32_t> side_sum;
+  // With AMX (repack_avx512.cpp), also the Q8_0 rows as tiles of 16 tokens, laid out once here
+  // rather than by each thread's every chunk.
+  thread_local std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> amx_tiles;
+  thread_local std::vector<float, CacheAlignedAllocator<float>> amx_d;
   const Act* q8 = nullptr;
   if (any_packed) {
     for (const Act& a : acts)
@@ -135,15 +139,24 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     side_d.resize(static_cast<size_t>(n_tokens * nb));
     side_sum.resize(static_cast<size_t>(2 * n_tokens * nb));
   }
+  const int64_t n_amx = q8 && packed_amx_wanted(n_tokens) ? n_tokens / 16 * 16 : 0;
+  if (n_amx > 0) {
+    amx_tiles.resize(static_cast<size_t>(n_amx * nb * 32));
+    amx_d.resize(static_cast<size_t>(n_amx * nb));
+  }
   // Pointers, not the thread_local names: the workers would see their own (empty) vectors.
   float* const sd = side_d.data();
   int32_t* const ss = side_sum.data();
+  uint8_t* const at = n_amx > 0 ? amx_tiles.data() : nullptr;
+  float* const ad = n_amx > 0 ? amx_d.data() : nullptr;
   pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
     for (const Act& a : acts)
       for (int64_t t = t0; t < t1; ++t) quantize_act(a.fmt, x + t * cols, a.buf->data() + t * a.bytes, cols);
     if (q8)
-      for (int64_t t = t0; t < t1; ++t)
+      for (int64_t t = t0; t < t1; ++t) {
         packed_act_sides(q8->buf->data() + t * q8->bytes, nb, sd + t * nb, ss + 2 * t * nb);
+        if (t < n_amx) packed_act_tiles(q8->buf->data() + t * q8->bytes, nb, t, at, ad);
+      }
   });
   // Row tiles of all jobs, numbered one after another.
   std::vector<int64_t> first_tile(jobs.size() + 1, 0);
@@ -162,7 +175,8 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
       const bool k = w.type == formats::GgmlType::Q4_K || w.type == formats::GgmlType::Q6_K;
       const bool sides = a.fmt == ActFormat::kQ8_0;  // Q8_K (Q4_K, Q6_K), Q8_1 (Q4_1): none
       pargs[i] = {w.packed,      k ? cols / 256 : nb, a.buf->data(), a.bytes, sides ? sd : nullptr, sides ? ss : nullptr,
-                  n_tokens,      jobs[i].y,  args[i].ldy,   w.rows,   w.packed_run_end};
+                  n_tokens,      jobs[i].y,  args[i].ldy,   w.rows,   w.packed_run_end,
+                  sides ? at : nullptr, sides ? ad : nullptr};
     }
     first_tile[i + 1] = first_tile[i] + (w.rows + kRowTile - 1) / kRowTile;
   }

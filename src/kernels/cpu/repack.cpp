@@ -396,6 +396,17 @@ void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum)
   }
 }
 
+void packed_act_tiles(const uint8_t* q8_row, int64_t nb, int64_t t, uint8_t* tiles, float* d) {
+  const auto* blk = reinterpret_cast<const quant::BlockQ8_0*>(q8_row);
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto i = static_cast<size_t>((t / 16 * nb + b) * 16 + t % 16);
+    std::memcpy(tiles + 32 * i, blk[b].qs, 32);
+    d[i] = fp16_to_f32(blk[b].d);
+  }
+}
+
+bool packed_amx_wanted(int64_t n_tokens) { return n_tokens >= 16 && amx_usable(); }
+
 const PackedGemmOps& packed_gemm_ops_scalar() {
   static const PackedGemmOps ops{&gemm_scalar<packed::Q4_0>, &gemm_scalar<packed::Q4_1>, &gemm_scalar<packed::Q5_0>,
                                  &gemm_scalar<packed::Q8_0>, &gemm_scalar<packed::Mxfp4>,

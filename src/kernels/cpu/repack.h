@@ -66,6 +66,11 @@ struct PackedGemmArgs {
   // Where the packed matrices read after this one end, when they follow it in memory
   // (WeightView::packed_run_end): the call that ends at the last group prefetches on into them.
   const uint8_t* run_on_end = nullptr;
+  // Optional, for the AMX prefill (repack_avx512.cpp): the Q8_0 activations of tokens
+  // [0, n_tokens / 16 * 16) laid out as AMX A tiles by packed_act_tiles(), once per product for
+  // every thread. Null: the kernel lays them out itself.
+  const uint8_t* act_tiles = nullptr;
+  const float* act_tile_d = nullptr;
 };
 // Computes the outputs of row groups [g0, g1) for every token.
 using PackedGemmFn = void (*)(const PackedGemmArgs& a, int64_t g0, int64_t g1);
@@ -80,6 +85,12 @@ PackedGemmFn packed_gemm_pick(const PackedGemmOps& ops, formats::GgmlType t);
 
 // The side data of one Q8_0 row of nb blocks: nb scales, 2 * nb half-block sums.
 void packed_act_sides(const uint8_t* q8_row, int64_t nb, float* d, int32_t* sum);
+// Token t's Q8_0 row of nb blocks in the AMX tile layout: its 32 bytes of block b at
+// tiles[((t / 16 * nb + b) * 16 + t % 16) * 32], the block's scale at d[(t / 16 * nb + b) * 16 + t % 16]
+// ([token tile][block][16 tokens]: an A tile of 16 tokens is 512 contiguous bytes).
+void packed_act_tiles(const uint8_t* q8_row, int64_t nb, int64_t t, uint8_t* tiles, float* d);
+// Whether products of n_tokens tokens may take the AMX prefill (and so want packed_act_tiles).
+bool packed_amx_wanted(int64_t n_tokens);
 
 // Owns the packed copies of a model's matrices.
 class PackedWeights {

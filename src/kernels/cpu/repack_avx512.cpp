@@ -11,7 +11,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
+#include <vector>
+
+#include "core/aligned_vector.h"
+#include "kernels/cpu/cpu_features.h"
 
 #include "core/float_convert.h"
 #include "kernels/cpu/repack.h"
@@ -263,11 +268,142 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   }
 }
 
+// Prefill on AMX-INT8 tiles (amx_usable()), for the types with one scale per block and no min
+// (Q4_0, Q5_0, Q8_0, MXFP4). A block's eight steps (repack_layout.h) are already the layout of
+// an AMX B tile: 8 rows of 64 bytes, row j holding 4 bytes of each of the 16 rows. Each block of
+// a group is unpacked once into a scratch buffer as signed x = u - offset; then per block and 16
+// tokens at a time, tdpbssd gives C = A . B (A: the tokens' 32 activation bytes): the exact
+// integer dot of every token and row, the same integer as the VNNI path's. Each token's row of C
+// then goes into its accumulator as tile<L, T> does it (acc = fma(float(dot), d_w * d_a, acc)):
+// the same bits. Tiles: C in 0/1, A in 2/3, B in 4/5.
+template <class L>
+constexpr bool kAmx = L::kScales == 1 && !L::kMin;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+inline void amx_configure() {
+  static thread_local bool done = false;
+  if (done) return;
+  TileConfig c;
+  for (int i = 0; i < 2; ++i) {
+    c.rows[i] = 16, c.colsb[i] = 64;          // C: 16 tokens x 16 rows, int32
+    c.rows[2 + i] = 16, c.colsb[2 + i] = 32;  // A: 16 tokens x 32 bytes
+    c.rows[4 + i] = 8, c.colsb[4 + i] = 64;   // B: 8 steps x 16 rows x 4 bytes
+  }
+  _tile_loadconfig(&c);
+  done = true;
+}
+
+// acc[t] += row t of a block's C as tile<L, T> adds a block; ad: the 16 tokens' scales of the block.
+inline void amx_accumulate(__m512* acc, const int32_t* c, __m512 dw, const float* ad) {
+#pragma GCC unroll 16
+  for (int t = 0; t < 16; ++t) {
+    const __m512 s = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * t));
+    acc[t] = _mm512_fmadd_ps(s, _mm512_mul_ps(dw, _mm512_set1_ps(ad[t])), acc[t]);
+  }
+}
+
+// Tile C = A . B for one block: A (16 tokens x 32 bytes) from act, B (8 x 64 bytes) from x. (GCC's
+// tile intrinsics take the tile numbers as literal tokens: hence macros.)
+#define FENNEC_AMX_DOT(C, A, B, act, x) \
+  do {                                   \
+    _tile_loadd(A, act, 32);             \
+    _tile_loadd(B, x, 64);               \
+    _tile_zero(C);                       \
+    _tile_dpbssd(C, A, B);               \
+  } while (0)
+
+template <class L>
+inline __m512 amx_scales(const uint8_t* p) {
+  const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  if constexpr (L::kBf16Scale)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  else
+    return _mm512_cvtph_ps(raw);
+}
+
+// Tokens [0, n) of groups [g0, g1), n a multiple of 16.
+template <class L>
+void amx_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1, int64_t n) {
+  amx_configure();
+  const int64_t gbytes = packed::group_stride<L>(a.nb);
+  alignas(64) int32_t c[2][16 * 16];
+  static thread_local std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> scratch;
+  scratch.resize(static_cast<size_t>(512 * a.nb));
+  auto* x = reinterpret_cast<__m512i*>(scratch.data());
+  const __m512i off = _mm512_set1_epi8(static_cast<char>(L::kOffset));
+  // The activations as A tiles (packed_act_tiles: in place, each of a tile's 16 rows would be a
+  // 32-byte piece of a 34-byte block, often across two cache lines), laid out by the caller once
+  // per product or here.
+  const uint8_t* act_tiles = a.act_tiles;
+  const float* act_tile_d = a.act_tile_d;
+  if (!act_tiles) {
+    static thread_local std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> tiles;
+    static thread_local std::vector<float, CacheAlignedAllocator<float>> scales;
+    tiles.resize(static_cast<size_t>(n * a.nb * 32));
+    scales.resize(static_cast<size_t>(n * a.nb));
+    for (int64_t t = 0; t < n; ++t) packed_act_tiles(a.act + t * a.act_stride, a.nb, t, tiles.data(), scales.data());
+    act_tiles = tiles.data();
+    act_tile_d = scales.data();
+  }
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* grp = a.w + g * gbytes;
+    const int64_t row0 = g * kPackRows;
+    const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    for (int64_t b = 0; b < a.nb; ++b) {
+      __m512i w[8];
+      unpack<L>(grp + packed::block_at<L>(a.nb, b).quants, w);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) _mm512_store_si512(x + 8 * b + j, _mm512_sub_epi8(w[j], off));
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+      const uint8_t* act = act_tiles + t0 * a.nb * 32;
+      const float* ad = act_tile_d + t0 * a.nb;
+      // Two blocks at a time: the tile unit works on the second while the vector units add the
+      // first. (Keeping two pairs in flight, C in tiles 0/1 and 6/7, measured no faster.)
+      int64_t b = 0;
+      for (; b + 2 <= a.nb; b += 2) {
+        FENNEC_AMX_DOT(0, 2, 4, act + b * 512, x + 8 * b);
+        FENNEC_AMX_DOT(1, 3, 5, act + (b + 1) * 512, x + 8 * (b + 1));
+        _tile_stored(0, c[0], 64);
+        amx_accumulate(acc, c[0], amx_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
+        _tile_stored(1, c[1], 64);
+        amx_accumulate(acc, c[1], amx_scales<L>(grp + packed::block_at<L>(a.nb, b + 1).scales), ad + 16 * (b + 1));
+      }
+      if (b < a.nb) {
+        FENNEC_AMX_DOT(0, 2, 4, act + b * 512, x + 8 * b);
+        _tile_stored(0, c[0], 64);
+        amx_accumulate(acc, c[0], amx_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
+    }
+  }
+}
+#undef FENNEC_AMX_DOT
+
 template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 8;
   if constexpr (!L::kMin) {
     if (a.n_tokens == 1) return decode_pairs<L>(a, g0, g1);
+  }
+  int64_t t_amx = 0;  // tokens [0, t_amx) on AMX tiles
+  if constexpr (kAmx<L>) {
+    if (packed_amx_wanted(a.n_tokens)) {
+      t_amx = a.n_tokens / 16 * 16;
+      amx_gemm<L>(a, g0, g1, t_amx);
+      if (t_amx == a.n_tokens) return;
+    }
   }
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   const auto pf = packed::Prefetcher::of_call(a, gbytes, g0, g1);
@@ -278,7 +414,7 @@ void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
     // The first token tile over this group prefetches (the one pass when there are few tokens).
     const int64_t step0 = (g - g0) * a.nb;
-    int64_t t = 0;
+    int64_t t = t_amx;
     for (; t + kT <= a.n_tokens; t += kT) tile<L, kT>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
     const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
     switch (a.n_tokens - t) {
