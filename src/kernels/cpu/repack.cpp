@@ -456,20 +456,19 @@ std::atomic<bool>& pack_q4_1_flag() {
 }  // namespace
 
 namespace {
+packed::PrefetchPlan plan_from_env() {
+  packed::PrefetchPlan p;
+  long far = 0, near = 0;
+  if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)
+    p = {far, near};
+  return p;
+}
 std::atomic<int64_t>& plan_far() {
-  static std::atomic<int64_t> v{[] {
-    long far = packed::kPrefetchAhead, near = 0;
-    if (const char* e = std::getenv("FENNEC_PREFETCH")) std::sscanf(e, "%ld,%ld", &far, &near);
-    return static_cast<int64_t>(far);
-  }()};
+  static std::atomic<int64_t> v{plan_from_env().far};
   return v;
 }
 std::atomic<int64_t>& plan_near() {
-  static std::atomic<int64_t> v{[] {
-    long far = 0, near = packed::kPrefetchNear;
-    if (const char* e = std::getenv("FENNEC_PREFETCH")) std::sscanf(e, "%ld,%ld", &far, &near);
-    return static_cast<int64_t>(near);
-  }()};
+  static std::atomic<int64_t> v{plan_from_env().near};
   return v;
 }
 }  // namespace

@@ -154,12 +154,10 @@ template <bool kL1>
 inline void prefetch_lines(uintptr_t a, uintptr_t b) {
   for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_line<kL1>(p);
 }
-// A call that ends at its matrix's last group may prefetch on past it, up to limit: the packed
-// matrices that the next products read (PackedWeights::pack_all lays them out in that order), so
-// that their first kPrefetchAhead bytes are not left to demand misses. A call ending inside the
-// matrix stops at its own end: the bytes after it are another thread's.
-// The distances a product prefetches at: far (into L2; 0: none) and near (into L1). Chosen once
-// per process (prefetch_plan(), repack.cpp).
+// The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
+// none) and near (into L1; 0: none). The process's plan starts as the constants above, or as
+// FENNEC_PREFETCH=FAR,NEAR (for measuring another machine); set_prefetch_plan() changes it
+// (tests, drivers). The AVX2 products take the near stream alone (repack_avx2.cpp).
 struct PrefetchPlan {
   int64_t far = kPrefetchAhead;
   int64_t near = kPrefetchNear;
@@ -167,6 +165,10 @@ struct PrefetchPlan {
 PrefetchPlan prefetch_plan();
 void set_prefetch_plan(PrefetchPlan plan);
 
+// A call that ends at its matrix's last group may prefetch on past it, up to limit: the packed
+// matrices that the next products read (PackedWeights::pack_all lays them out in that order), so
+// that their first kPrefetchAhead bytes are not left to demand misses. A call ending inside the
+// matrix stops at its own end: the bytes after it are another thread's.
 struct Prefetcher {
   uintptr_t base = 0;  // where this call's stream starts
   uintptr_t end = 0;
