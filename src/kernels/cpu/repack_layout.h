@@ -155,9 +155,10 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
   for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_line<kL1>(p);
 }
 // The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
-// none) and near (into L1; 0: none). The process's plan starts as the constants above, or as
-// FENNEC_PREFETCH=FAR,NEAR (for measuring another machine); set_prefetch_plan() changes it
-// (tests, drivers). The AVX2 products take the near stream alone (repack_avx2.cpp).
+// none) and near (into L1; 0: none). The process's plan starts as the constants above (on
+// Intel CPUs: no far stream, near at 1 KB; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
+// measuring another machine); set_prefetch_plan() changes it (tests, drivers). The AVX2 products
+// take the near stream alone (repack_avx2.cpp).
 struct PrefetchPlan {
   int64_t far = kPrefetchAhead;
   int64_t near = kPrefetchNear;
