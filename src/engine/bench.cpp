@@ -201,7 +201,7 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
   double best = 0;
   for (int r = 0; r < 4 * reps; ++r) {
     const int scheme = r % 4;  // 0: plain, 1: far and near, 2: near, 3: near at 1 KB
-    const int64_t near = scheme == 3 ? 1024 : kernels::packed::kPrefetchNear;
+    const int64_t near = scheme == 3 ? kernels::packed::kPrefetchNearIntel : kernels::packed::kPrefetchNear;
     const auto t0 = Clock::now();
     pool.run_on_all([&](int ti, int nt) {
       const int64_t a = n * ti / nt, b = n * (ti + 1) / nt;

@@ -16,7 +16,7 @@ SimdLevel active_simd_level();
 void set_simd_level(SimdLevel level);
 const char* simd_level_name(SimdLevel level);
 
-// Whether the AVX-512 products may use AMX-INT8 tiles (repack_amx.cpp): the CPU has AMX-TILE and
+// Whether the AVX-512 products may use AMX-INT8 tiles (repack_avx512.cpp): the CPU has AMX-TILE and
 // AMX-INT8, the kernel enables their state (XCR0 bits 17 and 18) and grants this process the
 // tile data (Linux arch_prctl ARCH_REQ_XCOMP_PERM, asked once), the active level is AVX-512, and
 // FENNEC_AMX is not 0. set_amx_enabled(false) turns it off (tests, comparisons).

@@ -464,7 +464,7 @@ packed::PrefetchPlan plan_from_env() {
   packed::PrefetchPlan p;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_is("intel")) p = {0, 1024};
+  if (__builtin_cpu_is("intel")) p = {0, packed::kPrefetchNearIntel};
 #endif
   long far = 0, near = 0;
   if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)

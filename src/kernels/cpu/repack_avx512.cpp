@@ -134,6 +134,18 @@ void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t
   }
 }
 
+// The 16 rows' scales of one packed block (scale half h for NVFP4) as floats: fp16, or bf16 for
+// MXFP4 (repack_layout.h).
+template <class L>
+inline __m512 block_scales(const uint8_t* sc_bytes, int h = 0) {
+  const auto* sc = reinterpret_cast<const uint16_t*>(sc_bytes) + h * kPackRows;
+  const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
+  if constexpr (L::kBf16Scale)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  else
+    return _mm512_cvtph_ps(raw);
+}
+
 template <class L, int T>
 void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
           __mmask16 mask, const packed::Prefetcher* pf, int64_t step0) {
@@ -161,16 +173,9 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
     if (pf) pf->step(step0 + b);
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     unpack<L>(grp + at.quants, w);
-    const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
     __m512 dw[L::kScales];
 #pragma GCC unroll 2
-    for (int s = 0; s < L::kScales; ++s) {
-      const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + s * kPackRows));
-      if constexpr (L::kBf16Scale)
-        dw[s] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      else
-        dw[s] = _mm512_cvtph_ps(raw);
-    }
+    for (int s = 0; s < L::kScales; ++s) dw[s] = block_scales<L>(grp + at.scales, s);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const int8_t* y = act[t][b].qs;
@@ -199,16 +204,10 @@ inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8
                            __m512 acc) {
   __m512i w[8];
   unpack<L>(q, w);
-  const auto* sc = reinterpret_cast<const uint16_t*>(sc_bytes);
   const __m512 vda = _mm512_set1_ps(da);
 #pragma GCC unroll 2
   for (int h = 0; h < L::kScales; ++h) {
-    const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc + h * kPackRows));
-    __m512 dw;
-    if constexpr (L::kBf16Scale)
-      dw = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    else
-      dw = _mm512_cvtph_ps(raw);
+    const __m512 dw = block_scales<L>(sc_bytes, h);
     const int32_t start = L::kScales == 1 ? -L::kOffset * (sum[0] + sum[1]) : -L::kOffset * sum[h];
     const int j0 = L::kScales == 1 ? 0 : 4 * h, j1 = L::kScales == 1 ? 8 : j0 + 4;
     const __m512i s = dot_steps<1>(_mm512_set1_epi32(start), w, y, j0, j1);
@@ -318,15 +317,6 @@ inline void amx_accumulate(__m512* acc, const int32_t* c, __m512 dw, const float
     _tile_dpbssd(C, A, B);               \
   } while (0)
 
-template <class L>
-inline __m512 amx_scales(const uint8_t* p) {
-  const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-  if constexpr (L::kBf16Scale)
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-  else
-    return _mm512_cvtph_ps(raw);
-}
-
 // Tokens [0, n) of groups [g0, g1), n a multiple of 16.
 template <class L>
 void amx_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1, int64_t n) {
@@ -375,14 +365,14 @@ void amx_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1, int64_t n) {
         FENNEC_AMX_DOT(0, 2, 4, act + b * 512, x + 8 * b);
         FENNEC_AMX_DOT(1, 3, 5, act + (b + 1) * 512, x + 8 * (b + 1));
         _tile_stored(0, c[0], 64);
-        amx_accumulate(acc, c[0], amx_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
+        amx_accumulate(acc, c[0], block_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
         _tile_stored(1, c[1], 64);
-        amx_accumulate(acc, c[1], amx_scales<L>(grp + packed::block_at<L>(a.nb, b + 1).scales), ad + 16 * (b + 1));
+        amx_accumulate(acc, c[1], block_scales<L>(grp + packed::block_at<L>(a.nb, b + 1).scales), ad + 16 * (b + 1));
       }
       if (b < a.nb) {
         FENNEC_AMX_DOT(0, 2, 4, act + b * 512, x + 8 * b);
         _tile_stored(0, c[0], 64);
-        amx_accumulate(acc, c[0], amx_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
+        amx_accumulate(acc, c[0], block_scales<L>(grp + packed::block_at<L>(a.nb, b).scales), ad + 16 * b);
       }
 #pragma GCC unroll 16
       for (int t = 0; t < 16; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);

@@ -136,6 +136,9 @@ inline constexpr int64_t kPrefetchAhead = 32768;
 // 25.0-25.1 GB/s and Q8_0's from 21.1-22.5 to 23.9 (bench/micro Stream/*); with the K-quants'
 // 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone.
 inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
+// The L1 stream alone, this far ahead, read best on the Intel Xeon measured (bench/micro/README.md,
+// fourteenth session): Intel CPUs' default plan (repack.cpp) and one of the bandwidth probe's reads.
+inline constexpr int64_t kPrefetchNearIntel = 1024;
 // Prefetches the line at p into L1 (kL1) or L2.
 template <bool kL1>
 inline void prefetch_line(uintptr_t p) {
@@ -156,7 +159,7 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
 }
 // The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
 // none) and near (into L1; 0: none). The process's plan starts as the constants above (on
-// Intel CPUs: no far stream, near at 1 KB; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
+// Intel CPUs: no far stream, near at kPrefetchNearIntel; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
 // measuring another machine); set_prefetch_plan() changes it (tests, drivers). The AVX2 products
 // take the near stream alone (repack_avx2.cpp).
 struct PrefetchPlan {
