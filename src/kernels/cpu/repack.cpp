@@ -11,6 +11,9 @@
 
 #include <sys/mman.h>
 #include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "core/float_convert.h"
 #include "core/huge_alloc.h"
@@ -456,15 +459,33 @@ std::atomic<bool>& pack_q4_1_flag() {
 }  // namespace
 
 namespace {
-// The default plan: the constants (measured on AMD Zen 3 and Zen 4), except on Intel CPUs, where
-// the L1 stream alone at 1 KB read best (bench/micro/README.md, fourteenth session: a Xeon with
-// AVX-512 and AMX). There the AVX2 products decoded the 1.2B Q4_0 at 21.9-22.8 t/s with it
-// against 17.2-17.4 with 4 KB; the AVX-512 ones were as fast either way.
+// The CPU family as CPUID leaf 1 reports it (base family plus extended family), 0 if unknown.
+[[maybe_unused]] unsigned cpu_family() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  const unsigned base = (a >> 8) & 0xF;
+  return base == 0xF ? base + ((a >> 20) & 0xFF) : base;
+#else
+  return 0;
+#endif
+}
+
+// The default plan: the constants (measured on AMD Zen 3 and Zen 4), except
+// - on Intel CPUs, where the L1 stream alone at 1 KB read best (bench/micro/README.md, fourteenth
+//   session: a Xeon with AVX-512 and AMX). There the AVX2 products decoded the 1.2B Q4_0 at
+//   21.9-22.8 t/s with it against 17.2-17.4 with 4 KB; the AVX-512 ones were as fast either way;
+// - on AMD family 1Ah (Zen 5) and later, where the L2 stream cost a fifth of the one-token
+//   product's read and the L1 stream alone at 8 KB read best (fifteenth session: one core's
+//   product 29 -> 37 GB/s against a plain read of 36-38; the 1.2B Q4_0 decode 42-47 -> 53-57 t/s).
 packed::PrefetchPlan plan_from_env() {
   packed::PrefetchPlan p;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_is("intel")) p = {0, packed::kPrefetchNearIntel};
+  if (__builtin_cpu_is("intel"))
+    p = {0, packed::kPrefetchNearIntel};
+  else if (__builtin_cpu_is("amd") && cpu_family() >= 0x1A)
+    p = {0, packed::kPrefetchNearZen5};
 #endif
   long far = 0, near = 0;
   if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)

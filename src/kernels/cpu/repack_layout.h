@@ -139,6 +139,8 @@ inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
 // The L1 stream alone, this far ahead, read best on the Intel Xeon measured (bench/micro/README.md,
 // fourteenth session): Intel CPUs' default plan (repack.cpp) and one of the bandwidth probe's reads.
 inline constexpr int64_t kPrefetchNearIntel = 1024;
+// And on AMD Zen 5 (fifteenth session: an EPYC VM, family 1Ah), at 8 KB.
+inline constexpr int64_t kPrefetchNearZen5 = 8192;
 // Prefetches the line at p into L1 (kL1) or L2.
 template <bool kL1>
 inline void prefetch_line(uintptr_t p) {
@@ -159,7 +161,7 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
 }
 // The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
 // none) and near (into L1; 0: none). The process's plan starts as the constants above (on
-// Intel CPUs: no far stream, near at kPrefetchNearIntel; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
+// Intel CPUs and AMD Zen 5: no far stream, near at kPrefetchNearIntel or kPrefetchNearZen5; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
 // measuring another machine); set_prefetch_plan() changes it (tests, drivers). The AVX2 products
 // take the near stream alone (repack_avx2.cpp).
 struct PrefetchPlan {
