@@ -134,7 +134,8 @@ inline constexpr int64_t kPrefetchAhead = 32768;
 // kPrefetchNear ahead are also asked into L1 (by then the L2 stream has brought them in, so an
 // L1 miss buffer is held only briefly): one core's Q4_0 stream went from 22.5-23.5 to
 // 25.0-25.1 GB/s and Q8_0's from 21.1-22.5 to 23.9 (bench/micro Stream/*); with the K-quants'
-// 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone.
+// 2.3 KB steps it cost 2-10%, so they keep the L2 stream alone (or, in a plan without it, take
+// the L1 stream: Prefetcher).
 inline constexpr int64_t kPrefetchNear = 4096, kNearMaxStep = 1024;
 // The L1 stream alone, this far ahead, read best on the Intel Xeon measured (bench/micro/README.md,
 // fourteenth session): Intel CPUs' default plan (repack.cpp) and one of the bandwidth probe's reads.
@@ -187,7 +188,13 @@ struct Prefetcher {
         q16(n_steps > 0 ? ((stop - begin) << 16) / n_steps : 0),
         far(prefetch_plan().far),
         near_at(prefetch_plan().near),
-        near(near_at > 0 && q16 <= (kNearMaxStep << 16)) {}
+        near(near_at > 0 && (q16 <= (kNearMaxStep << 16) || far == 0)) {
+    // Without the far stream the L1 stream is the only one, also where steps are large (the
+    // K-quants' 2.3 KB): there it stays at least two steps ahead. On the Zen 5 VM (fifteenth
+    // session) it took one core's one-token Q4_K product from 13 GB/s (no prefetch) to 32, and
+    // Q6_K's from 16 to 38, a plain read's speed; with the plan's L2 stream they read 25.
+    if (near && far == 0) near_at = std::max(near_at, 2 * (q16 >> 16));
+  }
   // The prefetcher of groups [g0, g1) of a's matrix, group_bytes each, nb steps per group.
   static Prefetcher of_call(const PackedGemmArgs& a, int64_t group_bytes, int64_t g0, int64_t g1) {
     const uint8_t* stop = a.w + g1 * group_bytes;
@@ -195,7 +202,7 @@ struct Prefetcher {
     return Prefetcher(a.w + g0 * group_bytes, stop, last ? a.run_on_end : stop, (g1 - g0) * a.nb);
   }
   // Step i of the call (0 <= i < n_steps). kFar = false: the L1 stream alone (none where steps
-  // are large), for the machines where the L2 stream did not pay (repack_avx2.cpp).
+  // are large and the plan has a far stream), for the machines where the L2 stream did not pay (repack_avx2.cpp).
   template <bool kFar = true>
   void step(int64_t i) const {
     const uintptr_t a = base + static_cast<uintptr_t>((i * q16) >> 16);
