@@ -601,10 +601,12 @@ void attend_rows(const AttnArgs& a, const AttnItem& w, F32Rows kr, F32Rows vr) {
 }
 
 
-// How far ahead a decode step fetches its keys (positions), and the positions per block of its
-// weighted values (the item's value rows, read from L2 by every KV head's slot chains while the
-// next block is fetched).
-constexpr int32_t kDecodeQkAhead = 64;
+// How far ahead a decode step fetches its keys (bytes of key rows, into L1: 64 positions of the
+// 1.2B's 1 KB rows were more than a 48 KB L1 holds, and its cold-cache attention took 57-63 us
+// a layer at 128 positions instead of 39-47; fifteenth session, Zen 5), and the positions per
+// block of its weighted values (the item's value rows, read from L2 by every KV head's slot
+// chains while the next block is fetched).
+constexpr int64_t kDecodeQkAheadBytes = 16384;
 constexpr int32_t kDecodePvBlock = 256;
 
 // q.k of the n rows q (the group of one KV head) against the 8 keys j .. j + 7, up to
@@ -677,23 +679,30 @@ void attend_decode(const AttnArgs& a, const AttnItem& w, KRows kr, VRows vr) {
   const int64_t v_first = VRows::bytes(static_cast<int64_t>(h0 - vr.head0) * dv);
   const int64_t v_bytes = VRows::bytes(static_cast<int64_t>(n_kv) * dv);
   // Scores: 8 keys at a time (from lo rounded down to 8; up to pos + the overhang), every KV
-  // head of the item on them before the next 8, the keys kDecodeQkAhead positions on fetched.
+  // head of the item on them before the next 8, the keys `ahead` positions on fetched into L1
+  // (kDecodeQkAheadBytes of rows), and meanwhile the values of the first block of the weighted
+  // values (kDecodePvBlock positions) into L2, 8 positions per step of 8 keys.
   Prefetcher<KRows> kpf{kr, k_first, k_bytes};
+  Prefetcher<VRows> vpf{vr, v_first, v_bytes};
   const int32_t k0 = lo / 8 * 8;
   const int k_lines = static_cast<int>(8 * kpf.lines_per_row());
-  kpf.template fetch_all<_MM_HINT_T0>(lo, std::min(pos, k0 + kDecodeQkAhead - 1));
-  kpf.reset(k0 + kDecodeQkAhead, pos, k_lines);
+  const int32_t ahead = static_cast<int32_t>(std::max<int64_t>(8, kDecodeQkAheadBytes / (k_lines * 8) / 8 * 8));
+  kpf.template fetch_all<_MM_HINT_T0>(lo, std::min(pos, k0 + ahead - 1));
+  kpf.reset(k0 + ahead, pos, k_lines);
+  const int32_t v_end = std::min(pos, lo + kDecodePvBlock - 1);
+  vpf.reset(lo, v_end, static_cast<int>(8 * vpf.lines_per_row()));
   for (int32_t b0 = k0; b0 <= pos; b0 += 8) {
     kpf.template step<_MM_HINT_T0>();
+    vpf.template step<_MM_HINT_T1>();
     const int32_t j0 = std::max(lo, b0);
     for (int kvh = h0; kvh < h1; ++kvh)
       qk_step(qrows.data() + hr(kvh), hr(kvh + 1) - hr(kvh), head_rows(kr, kvh, dk), dk, j0, srows.data() + hr(kvh));
   }
   for (int i = 0; i < rows; ++i) softmax_row(p, srows[static_cast<size_t>(i)], prows[static_cast<size_t>(i)], lo, pos, lo, pos);
   // Weighted values, a block of positions at a time; the next block is fetched during this one,
-  // a few lines per slot chain.
-  Prefetcher<VRows> vpf{vr, v_first, v_bytes};
-  vpf.template fetch_all<_MM_HINT_T1>(lo, std::min(pos, lo + kDecodePvBlock - 1));
+  // a few lines per slot chain (the first block's lines that the scores' steps did not reach
+  // are fetched before it).
+  vpf.template fetch_all<_MM_HINT_T1>(vpf.j, v_end);
   const int chains = 64 * n_kv * value_blocks(dv);
   const int v_lines = static_cast<int>((kDecodePvBlock * vpf.lines_per_row() + chains - 1) / chains);
   for (int32_t c0 = lo; c0 <= pos; c0 += kDecodePvBlock) {
