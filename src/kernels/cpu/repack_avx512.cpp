@@ -97,39 +97,56 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
 
 // Q4_1 (kMin) in ggml's order (repack.cpp, gemm_scalar_lanes): 8 accumulators per token, one
 // per packed step (ggml's float lane), and the m terms' own chain; T <= 2 keeps them in registers.
+// Each 64-byte chunk of the block gives its two steps (low and high nibbles) right where they
+// are used, so that the steps, the 16 accumulators and the tokens' scales fit the 32 registers
+// (with the block unpacked first GCC spilled accumulators), and the activations' fp16 scales
+// are converted by F16C (exact, as fp16_to_f32).
 template <class L, int T>
 void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
                 const packed::Prefetcher* pf, int64_t step0) {
+  static_assert(L::kChunks == 4 && !L::kQh && !L::kLut, "the Q4_1 layout");
   __m512 acc[T][8], summs[T];
   const quant::BlockQ8_1* act[T];
+#pragma GCC unroll 2
   for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 8
     for (auto& x : acc[t]) x = _mm512_setzero_ps();
     summs[t] = _mm512_setzero_ps();
     act[t] = reinterpret_cast<const quant::BlockQ8_1*>(a.act + (t0 + t) * a.act_stride);
   }
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < a.nb; ++b) {
     if (pf) pf->step(step0 + b);
-    __m512i w[8];
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
-    unpack<L>(grp + at.quants, w);
+    const uint8_t* q = grp + at.quants;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
     const __m512 dx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc)));
     const __m512 mx = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + kPackRows)));
+    __m512 dd[T];
+#pragma GCC unroll 2
     for (int t = 0; t < T; ++t) {
       const quant::BlockQ8_1& y = act[t][b];
-      const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(fp16_to_f32(y.d)));
-      summs[t] = _mm512_fmadd_ps(mx, _mm512_set1_ps(fp16_to_f32(y.s)), summs[t]);
-#pragma GCC unroll 8
-      for (int l = 0; l < 8; ++l) {
-        const __m512i lane = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[l], bcast4(y.qs + 4 * l));
-        acc[t][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lane), dd, acc[t][l]);
+      dd[t] = _mm512_mul_ps(dx, _mm512_set1_ps(_cvtsh_ss(y.d)));
+      summs[t] = _mm512_fmadd_ps(mx, _mm512_set1_ps(_cvtsh_ss(y.s)), summs[t]);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i c = _mm512_load_si512(q + 64 * j);
+      const __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
+#pragma GCC unroll 2
+      for (int t = 0; t < T; ++t) {
+        const int8_t* y = act[t][b].qs;
+        const __m512i pl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, bcast4(y + 4 * j));
+        const __m512i ph = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, bcast4(y + 4 * (j + 4)));
+        acc[t][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pl), dd[t], acc[t][j]);
+        acc[t][j + 4] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ph), dd[t], acc[t][j + 4]);
       }
     }
   }
+#pragma GCC unroll 2
   for (int t = 0; t < T; ++t) {
-    const __m512* c = acc[t];
-    const __m512 lo = _mm512_add_ps(_mm512_add_ps(c[0], c[4]), _mm512_add_ps(c[2], c[6]));
-    const __m512 hi = _mm512_add_ps(_mm512_add_ps(c[1], c[5]), _mm512_add_ps(c[3], c[7]));
+    const __m512 lo = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][4]), _mm512_add_ps(acc[t][2], acc[t][6]));
+    const __m512 hi = _mm512_add_ps(_mm512_add_ps(acc[t][1], acc[t][5]), _mm512_add_ps(acc[t][3], acc[t][7]));
     _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, _mm512_add_ps(_mm512_add_ps(lo, hi), summs[t]));
   }
 }
