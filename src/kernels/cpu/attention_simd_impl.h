@@ -71,6 +71,12 @@ struct F32Rows {
   static void load_run(const float* p, __m256* out) {
     for (int n = 0; n < N; ++n) out[n] = load(p + 8 * n);
   }
+#ifdef __AVX512F__
+  template <int N>  // 16 N values as N zmm: the same values as load_run<2N>
+  static void load_run16(const float* p, __m512* out) {
+    for (int n = 0; n < N; ++n) out[n] = _mm512_loadu_ps(p + 16 * n);
+  }
+#endif
   static uintptr_t address(const float* p) { return reinterpret_cast<uintptr_t>(p); }
   static int64_t bytes(int64_t n_values) { return n_values * 4; }
 };
@@ -85,6 +91,12 @@ struct F16Rows {
   static void load_run(const uint16_t* p, __m256* out) {
     for (int n = 0; n < N; ++n) out[n] = load(p + 8 * n);
   }
+#ifdef __AVX512F__
+  template <int N>
+  static void load_run16(const uint16_t* p, __m512* out) {
+    for (int n = 0; n < N; ++n) out[n] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 * n)));
+  }
+#endif
   static uintptr_t address(const uint16_t* p) { return reinterpret_cast<uintptr_t>(p); }
   static int64_t bytes(int64_t n_values) { return n_values * 2; }
 };
@@ -116,6 +128,21 @@ struct Q8Rows {
       out[n] = _mm256_mul_ps(_mm256_cvtepi32_ps(x), scale);
     }
   }
+#ifdef __AVX512F__
+  template <int N>  // 16N <= 32 values, v a multiple of 16N
+  static void load_run16(Q8Pos p, __m512* out) {
+    static_assert(32 % (16 * N) == 0);
+    const uint8_t* b = p.blocks + (p.v >> 5) * 34;
+    uint16_t d;
+    std::memcpy(&d, b, 2);
+    const __m512 scale = _mm512_set1_ps(_cvtsh_ss(d));
+    const uint8_t* q = b + 2 + (p.v & 31);
+    for (int n = 0; n < N; ++n) {
+      const __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * n)));
+      out[n] = _mm512_mul_ps(_mm512_cvtepi32_ps(x), scale);
+    }
+  }
+#endif
   static uintptr_t address(Q8Pos p) { return reinterpret_cast<uintptr_t>(p.blocks + (p.v >> 5) * 34); }
   static int64_t bytes(int64_t n_values) { return n_values / 32 * 34; }
 };
@@ -168,6 +195,39 @@ inline float dot_ggml(const float* a, const float* b, int64_t n) {
 template <bool kChain, int NQ, int DK, class Rows, class P>
 __attribute__((always_inline)) inline void key_t3(const float* const* q, P k, int dk, __m256* t3) {
   const int n = DK > 0 ? DK : dk;
+#ifdef __AVX512F__
+  // The same chains as below with each pair of ymm halves (lanes 0..7, 8..15 of one of ggml's or
+  // tinyBLAS's 16-lane accumulators) in one zmm: lane for lane the same operations, half the
+  // instructions (a zmm fma issues about as often as a ymm one on Zen 5).
+  if constexpr (kChain) {
+    __m512 z[NQ];
+    for (int r = 0; r < NQ; ++r) z[r] = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+      __m512 kv[1];
+      Rows::template load_run16<1>(k + i, kv);
+      for (int r = 0; r < NQ; ++r) z[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q[r] + i), kv[0], z[r]);
+    }
+    for (int r = 0; r < NQ; ++r)
+      t3[r] = _mm256_add_ps(_mm512_extractf32x8_ps(z[r], 1), _mm512_castps512_ps256(z[r]));
+  } else {
+    __m512 acc[NQ][4];
+    for (int r = 0; r < NQ; ++r)
+      for (auto& x : acc[r]) x = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 64)
+      for (int h = 0; h < 2; ++h) {
+        __m512 kv[2];
+        Rows::template load_run16<2>(k + i + 32 * h, kv);
+        for (int m = 2 * h; m < 2 * h + 2; ++m)
+          for (int r = 0; r < NQ; ++r)
+            acc[r][m] = _mm512_fmadd_ps(_mm512_loadu_ps(q[r] + i + 16 * m), kv[m - 2 * h], acc[r][m]);
+      }
+    for (int r = 0; r < NQ; ++r) {
+      // (0+2)+(1+3) of the 16-lane accumulators; t3 = its upper half + its lower half.
+      const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][2]), _mm512_add_ps(acc[r][1], acc[r][3]));
+      t3[r] = _mm256_add_ps(_mm512_extractf32x8_ps(sum, 1), _mm512_castps512_ps256(sum));
+    }
+  }
+#else
   if constexpr (kChain) {
     __m256 lo[NQ], hi[NQ];
     for (int r = 0; r < NQ; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
@@ -199,6 +259,7 @@ __attribute__((always_inline)) inline void key_t3(const float* const* q, P k, in
       t3[r] = _mm256_add_ps(hi, lo);
     }
   }
+#endif
 }
 
 // Unscaled scores of NQ query rows against keys lo .. hi, eight keys per step: positions up to
