@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/aligned_vector.h"
@@ -410,6 +411,27 @@ void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int
     const int32_t start = k0 + ((r - k0) % R + R) % R;  // first position >= k0 in slot r
     float* s = slots + static_cast<int64_t>(r) * NR * NV * 8;
     if (start > k1 && !first) continue;  // nothing to add: the chain stays as it is
+#ifdef __AVX512F__
+    // Over f32 rows (a prompt chunk's), each pair of ymm chains as one zmm: the same lanes
+    // (attention_avx512.cpp).
+    if constexpr (NV % 2 == 0 && std::is_same_v<Rows, F32Rows>) {
+      constexpr int NZ = NV / 2;
+      __m512 acc[NR][NZ];
+      for (int i = 0; i < NR; ++i)
+        for (int n = 0; n < NZ; ++n) acc[i][n] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(s + (i * NZ + n) * 16);
+      for (int32_t k = start; k <= k1; k += R) {
+        __m512 vv[NZ];
+        Rows::template load_run16<NZ>(vr.row(k) + e, vv);
+        for (int i = 0; i < NR; ++i) {
+          const __m512 wk = _mm512_set1_ps(w[i][k]);
+          for (int n = 0; n < NZ; ++n) acc[i][n] = _mm512_fmadd_ps(wk, vv[n], acc[i][n]);
+        }
+      }
+      for (int i = 0; i < NR; ++i)
+        for (int n = 0; n < NZ; ++n) _mm512_storeu_ps(s + (i * NZ + n) * 16, acc[i][n]);
+      continue;
+    }
+#endif
     __m256 acc[NR][NV];
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) acc[i][n] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + (i * NV + n) * 8);
