@@ -43,31 +43,69 @@ inline __m256i pack32(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
   return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// Lane i: the largest lane of m[i] (max is exact: any order gives the same value).
+inline __m256 hmax_8x8(const __m256* m) {
+  auto four = [](__m256 m0, __m256 m1, __m256 m2, __m256 m3) {
+    const __m256 a01 = _mm256_max_ps(_mm256_unpacklo_ps(m0, m1), _mm256_unpackhi_ps(m0, m1));
+    const __m256 a23 = _mm256_max_ps(_mm256_unpacklo_ps(m2, m3), _mm256_unpackhi_ps(m2, m3));
+    const __m256 b = _mm256_max_ps(_mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_max_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));  // lane j: m_j
+  };
+  return _mm256_set_m128(four(m[4], m[5], m[6], m[7]), four(m[0], m[1], m[2], m[3]));
+}
+
+// One block of 32 values v quantized with the scale d (fp16 dh) and its inverse id.
+template <class Block>
+inline void quantize_block(const float* v, float d, uint16_t dh, float id, Block* out_at) {
+  __m256i q[4];
+  for (int k = 0; k < 4; ++k) q[k] = round_to_int(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * k), _mm256_set1_ps(id)));
+  Block out;
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.qs), pack32(q[0], q[1], q[2], q[3]));
+  out.d = dh;
+  if constexpr (sizeof(Block) == sizeof(BlockQ8_1)) {
+    const int32_t sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    out.s = _cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT);
+  }
+  std::memcpy(out_at, &out, sizeof(Block));
+}
+
+// Eight blocks at a time: their maxima in one vector, so that the scales' two divisions and the
+// fp16 rounding of d run once per eight blocks (vector IEEE division and F16C's round to
+// nearest even give the scalar code's bits: the quantizer test compares the bytes).
 template <class Block>
 void quantize_q8_x(const float* x, Block* y, int64_t n) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  for (int64_t b = 0; b < n / 32; ++b) {
-    const float* v = x + b * 32;
-    __m256 f[4];
-    __m256 m = _mm256_setzero_ps();
-    for (int k = 0; k < 4; ++k) {
-      f[k] = _mm256_loadu_ps(v + 8 * k);
-      m = _mm256_max_ps(m, _mm256_and_ps(f[k], abs_mask));
+  const int64_t nb = n / 32;
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    __m256 m[8];
+    for (int i = 0; i < 8; ++i) {
+      const float* v = x + (b + i) * 32;
+      __m256 mi = _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k) mi = _mm256_max_ps(mi, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
+      m[i] = mi;
     }
+    const __m256 amax = hmax_8x8(m);
+    const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
+    // amax != 0 ? 127 / amax : 0 (a NaN maximum compares unequal, as in the scalar code)
+    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(127.0f), amax),
+                                    _mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    alignas(32) float df[8], idf[8];
+    alignas(16) uint16_t dh[8];
+    _mm256_store_ps(df, d);
+    _mm256_store_ps(idf, id);
+    _mm_store_si128(reinterpret_cast<__m128i*>(dh), _mm256_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+    for (int i = 0; i < 8; ++i) quantize_block(x + (b + i) * 32, df[i], dh[i], idf[i], y + b + i);
+  }
+  for (; b < nb; ++b) {
+    const float* v = x + b * 32;
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
     const float amax = hmax8(m);
     const float d = amax / 127.0f;
     const float id = amax != 0 ? 127.0f / amax : 0.0f;
-    __m256i q[4];
-    for (int k = 0; k < 4; ++k) q[k] = round_to_int(_mm256_mul_ps(f[k], _mm256_set1_ps(id)));
-    Block out;
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.qs), pack32(q[0], q[1], q[2], q[3]));
-    out.d = f32_to_fp16(d);
-    if constexpr (sizeof(Block) == sizeof(BlockQ8_1)) {
-      const int32_t sum =
-          hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-      out.s = f32_to_fp16(d * static_cast<float>(sum));
-    }
-    std::memcpy(y + b, &out, sizeof(Block));
+    quantize_block(v, d, f32_to_fp16(d), id, y + b);
   }
 }
 
