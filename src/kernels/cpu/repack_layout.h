@@ -161,10 +161,11 @@ inline void prefetch_lines(uintptr_t a, uintptr_t b) {
   for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_line<kL1>(p);
 }
 // The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
-// none) and near (into L1; 0: none). The process's plan starts as the constants above (on
-// Intel CPUs and AMD Zen 5: no far stream, near at kPrefetchNearIntel or kPrefetchNearZen5; repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for
-// measuring another machine); set_prefetch_plan() changes it (tests, drivers). The AVX2 products
-// take the near stream alone (repack_avx2.cpp).
+// none) and near (into L1; 0: none). The process's plan starts as the constants above (on Intel
+// CPUs and AMD Zen 5: no far stream, near at kPrefetchNearIntel or kPrefetchNearZen5;
+// repack.cpp), or as FENNEC_PREFETCH=FAR,NEAR (for measuring another machine);
+// set_prefetch_plan() changes it (tests, drivers). The AVX2 products take the near stream alone
+// (repack_avx2.cpp).
 struct PrefetchPlan {
   int64_t far = kPrefetchAhead;
   int64_t near = kPrefetchNear;
@@ -202,7 +203,8 @@ struct Prefetcher {
     return Prefetcher(a.w + g0 * group_bytes, stop, last ? a.run_on_end : stop, (g1 - g0) * a.nb);
   }
   // Step i of the call (0 <= i < n_steps). kFar = false: the L1 stream alone (none where steps
-  // are large and the plan has a far stream), for the machines where the L2 stream did not pay (repack_avx2.cpp).
+  // are large and the plan has a far stream), for the machines where the L2 stream did not pay
+  // (repack_avx2.cpp).
   template <bool kFar = true>
   void step(int64_t i) const {
     const uintptr_t a = base + static_cast<uintptr_t>((i * q16) >> 16);
