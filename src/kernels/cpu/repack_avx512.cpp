@@ -559,9 +559,10 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   k.store(a, t0, row0, mask);
 }
 
-// The K-quant products: groups, then tiles of 4 tokens and the rest.
+// The K-quant products: groups, then tiles of K::kTokens tokens, of 4, and the rest.
 struct Q4KTiles {
   static constexpr int64_t kBytes = packed::Q4K::kBytes;
+  static constexpr int kTokens = 4;  // 8 measured 9% slower (fifteenth session, Zen 5)
   template <int T>
   static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
                   const packed::Prefetcher* pf, int64_t step0) {
@@ -570,6 +571,10 @@ struct Q4KTiles {
 };
 struct Q6KTiles {
   static constexpr int64_t kBytes = packed::Q6K::kBytes;
+  // Q6_K's steps cost more to make (the two bit planes) than its dots: 8 tokens share them
+  // (fifteenth session, Zen 5, 576 x 1536 at 32 and 512 tokens: 391-393 -> 471-482 GFLOP/s at
+  // one thread, 720-766 -> 883-911 at two, against 4 tokens).
+  static constexpr int kTokens = 8;
   template <int T>
   static void run(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
                   const packed::Prefetcher* pf, int64_t step0) {
@@ -579,7 +584,7 @@ struct Q6KTiles {
 
 template <class K>
 void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
-  constexpr int kT = 4;
+  constexpr int kT = K::kTokens;
   const auto pf = packed::Prefetcher::of_call(a, a.nb * K::kBytes, g0, g1);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * a.nb * K::kBytes;
@@ -589,6 +594,8 @@ void kquant_gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const int64_t step0 = (g - g0) * a.nb;
     int64_t t = 0;
     for (; t + kT <= a.n_tokens; t += kT) K::template run<kT>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
+    if constexpr (kT > 4)
+      for (; t + 4 <= a.n_tokens; t += 4) K::template run<4>(a, grp, t, row0, mask, t == 0 ? &pf : nullptr, step0);
     const packed::Prefetcher* p = t == 0 ? &pf : nullptr;
     switch (a.n_tokens - t) {
       case 3: K::template run<3>(a, grp, t, row0, mask, p, step0); break;
