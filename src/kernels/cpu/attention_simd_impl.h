@@ -296,6 +296,15 @@ void qk_scores(const float* const* q, const Rows& kr, int dk, int32_t lo, int32_
 
 // impl::softmax_exp over [i0, n), n and i0 multiples of 16 (chunks before i0 would add zeros).
 inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float max) {
+#ifdef __AVX512F__
+  const __m512 vz = _mm512_set1_ps(max);
+  double sum = 0;
+  for (int64_t i = i0; i < n; i += 16) {
+    const __m512 e = expf16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vz));
+    _mm512_storeu_ps(y + i, e);
+    sum += reduce16(_mm512_castps512_ps256(e), _mm512_extractf32x8_ps(e, 1));
+  }
+#else
   const __m256 vm = _mm256_set1_ps(max);
   double sum = 0;
   for (int64_t i = i0; i < n; i += 16) {
@@ -305,6 +314,7 @@ inline double softmax_exp(const float* x, float* y, int64_t i0, int64_t n, float
     _mm256_storeu_ps(y + i + 8, hi);
     sum += reduce16(lo, hi);
   }
+#endif
   return sum;
 }
 
@@ -351,7 +361,14 @@ inline void softmax_row(const AttnParams& p, float* sc, float* pr, int32_t lo, i
   }
   const double sum = softmax_exp(sc, pr, lo16, m, mx);
   const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-  for (int64_t j = lo16; j < m; j += 8) {
+  int64_t j = lo16;
+#ifdef __AVX512F__
+  for (const __m512 inv16 = _mm512_set1_ps(static_cast<float>(1.0 / sum)); j < m; j += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(pr + j), inv16);
+    _mm512_storeu_ps(pr + j, _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
+  }
+#endif
+  for (; j < m; j += 8) {
     const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), inv);
     _mm256_storeu_ps(pr + j, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
   }
