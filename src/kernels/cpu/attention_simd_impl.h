@@ -1,6 +1,8 @@
 // The vector body of paged_attention, for attention_avx2.cpp (16 ymm registers) and
-// attention_avx512.cpp (the same 256-bit operations with AVX-512VL's 32 registers, which let
-// two query heads keep their rows in registers while they share each key). It performs the
+// attention_avx512.cpp (AVX-512's 32 registers, which let two query heads keep their rows in
+// registers while they share each key; there the q.k chains, a prompt chunk's weighted values
+// and the softmax's exp take pairs of the 256-bit operations as one 512-bit one, under
+// __AVX512F__, lane for lane the same). It performs the
 // float operations of attend_scalar (attention.cpp), per output in the same order, arranged
 // for throughput:
 // - a chunk of queries converts its keys and values (fp16 or Q8_0) to f32 once per work item,
