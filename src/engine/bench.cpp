@@ -192,16 +192,22 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
   });
   std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
   // Four ways of reading, alternated, best of all: plain loads with the hardware prefetchers
-  // alone; loads with the software prefetch of the packed products on AVX-512 (each line asked
-  // into L2 kPrefetchAhead bytes ahead and into L1 kPrefetchNear ahead); with the L1 stream
-  // alone, as the AVX2 products fetch (repack_avx2.cpp: on the AMD Zen 3 measured, faster there
-  // than both streams); and with the L1 stream alone at 1 KB (on the Intel Xeon with AVX-512 and
-  // AMX measured on 2026-12-07, 18 GB/s on one core where the others read 14-15). The roofline is
-  // then the most a read of these bytes was seen to reach, not a read slower than the products.
+  // alone; loads with the software prefetch the packed products use (the process's plan,
+  // packed::prefetch_plan(): each line asked into L2 `far` bytes ahead and into L1 `near` ahead;
+  // on the Zen 5 measured on 2026-12-07 the L1 stream alone at 8 KB, which read faster there than
+  // the other three); with the L1 stream alone at kPrefetchNear, as the AVX2 products fetch
+  // (repack_avx2.cpp: on the AMD Zen 3 measured, faster there than both streams); and with the
+  // L1 stream alone at 1 KB (on the Intel Xeon with AVX-512 and AMX measured on 2026-12-07,
+  // 18 GB/s on one core where the others read 14-15). The roofline is then the most a read of
+  // these bytes was seen to reach, not a read slower than the products.
+  const kernels::packed::PrefetchPlan plan = kernels::packed::prefetch_plan();
   double best = 0;
   for (int r = 0; r < 4 * reps; ++r) {
-    const int scheme = r % 4;  // 0: plain, 1: far and near, 2: near, 3: near at 1 KB
-    const int64_t near = scheme == 3 ? kernels::packed::kPrefetchNearIntel : kernels::packed::kPrefetchNear;
+    const int scheme = r % 4;  // 0: plain, 1: the plan, 2: near, 3: near at 1 KB
+    const int64_t near = scheme == 1   ? plan.near
+                         : scheme == 3 ? kernels::packed::kPrefetchNearIntel
+                                       : kernels::packed::kPrefetchNear;
+    const auto far = static_cast<uintptr_t>(scheme == 1 ? plan.far : 0);
     const auto t0 = Clock::now();
     pool.run_on_all([&](int ti, int nt) {
       const int64_t a = n * ti / nt, b = n * (ti + 1) / nt;
@@ -212,9 +218,9 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
       for (; i + 8 <= b; i += 8) {
         if (scheme > 0) {
           const auto at = reinterpret_cast<uintptr_t>(p + i);
-          if (scheme == 1 && at + kernels::packed::kPrefetchAhead < end)
-            kernels::packed::prefetch_line<false>(at + kernels::packed::kPrefetchAhead);
-          if (at + static_cast<uintptr_t>(near) < end) kernels::packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+          if (far > 0 && at + far < end) kernels::packed::prefetch_line<false>(at + far);
+          if (near > 0 && at + static_cast<uintptr_t>(near) < end)
+            kernels::packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
         }
         for (int k = 0; k < 8; ++k) s[k] += p[static_cast<size_t>(i + k)];
       }
