@@ -56,6 +56,21 @@ const char* simd_level_name(SimdLevel level) {
   return "?";
 }
 
+CpuModel cpu_model() {
+  CpuModel m;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) m.vendor = CpuVendor::kIntel;
+  else if (__builtin_cpu_is("amd")) m.vendor = CpuVendor::kAmd;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d)) {
+    const unsigned base = (a >> 8) & 0xF;
+    m.family = base == 0xF ? base + ((a >> 20) & 0xFF) : base;
+  }
+#endif
+  return m;
+}
+
 namespace {
 // The CPU and the OS allow AMX-INT8 in this process (asked once).
 bool amx_granted() {

@@ -16,6 +16,16 @@ SimdLevel active_simd_level();
 void set_simd_level(SimdLevel level);
 const char* simd_level_name(SimdLevel level);
 
+// The CPU's maker and family (CPUID leaf 0's vendor string and leaf 1's base plus extended
+// family: 0x19 for AMD Zen 3 and 4, 0x1A for Zen 5), for the choices that depend on the
+// microarchitecture rather than on a feature flag (the products' prefetch plan, repack.cpp).
+enum class CpuVendor { kOther, kIntel, kAmd };
+struct CpuModel {
+  CpuVendor vendor = CpuVendor::kOther;
+  unsigned family = 0;
+};
+CpuModel cpu_model();
+
 // Whether the AVX-512 products may use AMX-INT8 tiles (repack_avx512.cpp): the CPU has AMX-TILE and
 // AMX-INT8, the kernel enables their state (XCR0 bits 17 and 18) and grants this process the
 // tile data (Linux arch_prctl ARCH_REQ_XCOMP_PERM, asked once), the active level is AVX-512, and

@@ -11,9 +11,6 @@
 
 #include <sys/mman.h>
 #include <unistd.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 
 #include "core/float_convert.h"
 #include "core/huge_alloc.h"
@@ -459,18 +456,6 @@ std::atomic<bool>& pack_q4_1_flag() {
 }  // namespace
 
 namespace {
-// The CPU family as CPUID leaf 1 reports it (base family plus extended family), 0 if unknown.
-[[maybe_unused]] unsigned cpu_family() {
-#if defined(__x86_64__) || defined(__i386__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-  const unsigned base = (a >> 8) & 0xF;
-  return base == 0xF ? base + ((a >> 20) & 0xFF) : base;
-#else
-  return 0;
-#endif
-}
-
 // The default plan: the constants (measured on AMD Zen 3 and Zen 4), except
 // - on Intel CPUs, where the L1 stream alone at 1 KB read best (bench/micro/README.md, fourteenth
 //   session: a Xeon with AVX-512 and AMX). There the AVX2 products decoded the 1.2B Q4_0 at
@@ -480,34 +465,35 @@ namespace {
 //   product 29 -> 37 GB/s against a plain read of 36-38; the 1.2B Q4_0 decode 42-47 -> 53-57 t/s).
 packed::PrefetchPlan plan_from_env() {
   packed::PrefetchPlan p;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_is("intel"))
+  const CpuModel cpu = cpu_model();
+  if (cpu.vendor == CpuVendor::kIntel)
     p = {0, packed::kPrefetchNearIntel};
-  else if (__builtin_cpu_is("amd") && cpu_family() >= 0x1A)
+  else if (cpu.vendor == CpuVendor::kAmd && cpu.family >= 0x1A)
     p = {0, packed::kPrefetchNearZen5};
-#endif
   long far = 0, near = 0;
   if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)
     p = {far, near};
   return p;
 }
-std::atomic<int64_t>& plan_far() {
-  static std::atomic<int64_t> v{plan_from_env().far};
-  return v;
-}
-std::atomic<int64_t>& plan_near() {
-  static std::atomic<int64_t> v{plan_from_env().near};
-  return v;
+// The process's plan, from plan_from_env() at first use.
+struct PlanState {
+  std::atomic<int64_t> far, near;
+  explicit PlanState(packed::PrefetchPlan p) : far(p.far), near(p.near) {}
+};
+PlanState& plan_state() {
+  static PlanState s(plan_from_env());
+  return s;
 }
 }  // namespace
 
 packed::PrefetchPlan packed::prefetch_plan() {
-  return {plan_far().load(std::memory_order_relaxed), plan_near().load(std::memory_order_relaxed)};
+  PlanState& s = plan_state();
+  return {s.far.load(std::memory_order_relaxed), s.near.load(std::memory_order_relaxed)};
 }
 void packed::set_prefetch_plan(PrefetchPlan plan) {
-  plan_far().store(plan.far, std::memory_order_relaxed);
-  plan_near().store(plan.near, std::memory_order_relaxed);
+  PlanState& s = plan_state();
+  s.far.store(plan.far, std::memory_order_relaxed);
+  s.near.store(plan.near, std::memory_order_relaxed);
 }
 
 bool repack_enabled() { return repack_flag().load(std::memory_order_relaxed); }
