@@ -361,17 +361,16 @@ inline void softmax_row(const AttnParams& p, float* sc, float* pr, int32_t lo, i
     _mm256_store_ps(tmp, vmax);
     for (float x : tmp) mx = std::max(mx, x);
   }
-  const double sum = softmax_exp(sc, pr, lo16, m, mx);
-  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  const float inv = static_cast<float>(1.0 / softmax_exp(sc, pr, lo16, m, mx));
   int64_t j = lo16;
 #ifdef __AVX512F__
-  for (const __m512 inv16 = _mm512_set1_ps(static_cast<float>(1.0 / sum)); j < m; j += 16) {
-    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(pr + j), inv16);
+  for (; j < m; j += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_set1_ps(inv));
     _mm512_storeu_ps(pr + j, _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
   }
 #endif
   for (; j < m; j += 8) {
-    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), inv);
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(pr + j), _mm256_set1_ps(inv));
     _mm256_storeu_ps(pr + j, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
   }
   // Zero weight where this row's window leaves the pass's key range.

@@ -55,6 +55,14 @@ inline __m256 hmax_8x8(const __m256* m) {
   return _mm256_set_m128(four(m[4], m[5], m[6], m[7]), four(m[0], m[1], m[2], m[3]));
 }
 
+// |v[i]| lane-wise over the block's 32 values v, as 8 lanes (hmax8 or hmax_8x8 finishes it).
+inline __m256 block_absmax8(const float* v) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps();
+  for (int k = 0; k < 4; ++k) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
+  return m;
+}
+
 // One block of 32 values v quantized with the scale d (fp16 dh) and its inverse id.
 template <class Block>
 inline void quantize_block(const float* v, float d, uint16_t dh, float id, Block* out_at) {
@@ -75,17 +83,11 @@ inline void quantize_block(const float* v, float d, uint16_t dh, float id, Block
 // nearest even give the scalar code's bits: the quantizer test compares the bytes).
 template <class Block>
 void quantize_q8_x(const float* x, Block* y, int64_t n) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const int64_t nb = n / 32;
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
     __m256 m[8];
-    for (int i = 0; i < 8; ++i) {
-      const float* v = x + (b + i) * 32;
-      __m256 mi = _mm256_setzero_ps();
-      for (int k = 0; k < 4; ++k) mi = _mm256_max_ps(mi, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
-      m[i] = mi;
-    }
+    for (int i = 0; i < 8; ++i) m[i] = block_absmax8(x + (b + i) * 32);
     const __m256 amax = hmax_8x8(m);
     const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
     // amax != 0 ? 127 / amax : 0 (a NaN maximum compares unequal, as in the scalar code)
@@ -100,9 +102,7 @@ void quantize_q8_x(const float* x, Block* y, int64_t n) {
   }
   for (; b < nb; ++b) {
     const float* v = x + b * 32;
-    __m256 m = _mm256_setzero_ps();
-    for (int k = 0; k < 4; ++k) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(v + 8 * k), abs_mask));
-    const float amax = hmax8(m);
+    const float amax = hmax8(block_absmax8(v));
     const float d = amax / 127.0f;
     const float id = amax != 0 ? 127.0f / amax : 0.0f;
     quantize_block(v, d, f32_to_fp16(d), id, y + b);
