@@ -70,7 +70,7 @@ inline __m512i add_plane(__m512i plane, int j, __m512i w, char value) {
 
 // The eight steps of one packed block.
 template <class L>
-inline void unpack(const uint8_t* q, __m512i w[8]) {
+[[gnu::always_inline]] inline void unpack(const uint8_t* q, __m512i w[8]) {
   if constexpr (L::kChunks == 8) {
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) w[j] = _mm512_load_si512(q + 64 * j);
@@ -100,7 +100,9 @@ inline void unpack(const uint8_t* q, __m512i w[8]) {
 // Each 64-byte chunk of the block gives its two steps (low and high nibbles) right where they
 // are used, so that the steps, the 16 accumulators and the tokens' scales fit the 32 registers
 // (with the block unpacked first GCC spilled accumulators), and the activations' fp16 scales
-// are converted by F16C (exact, as fp16_to_f32).
+// are converted by F16C (exact, as fp16_to_f32). The block's prefetch goes out in two halves,
+// at chunks 0 and 2 (Prefetcher::step_part): SmolLM2 Q4_1 decoded 10-11% faster than with one
+// burst per block, and 1% slower with four quarters (Zen 5 VM, sixteenth session).
 template <class L, int T>
 void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
                 const packed::Prefetcher* pf, int64_t step0) {
@@ -116,7 +118,6 @@ void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t
   }
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < a.nb; ++b) {
-    if (pf) pf->step(step0 + b);
     const packed::BlockAt at = packed::block_at<L>(a.nb, b);
     const uint8_t* q = grp + at.quants;
     const auto* sc = reinterpret_cast<const uint16_t*>(grp + at.scales);
@@ -132,6 +133,7 @@ void tile_lanes(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       const __m512i c = _mm512_load_si512(q + 64 * j);
+      if (pf && j % 2 == 0) pf->step_part<2>(step0 + b, j / 2);
       const __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
 #pragma GCC unroll 2
       for (int t = 0; t < T; ++t) {
@@ -214,13 +216,23 @@ void tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0,
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(a.y + (t0 + t) * a.ldy + row0, mask, acc[t]);
 }
 
+// Prefetches lines [l0, l1) of the 64-byte lines at pf into L1 (none where pf is 0).
+template <int64_t l0, int64_t l1>
+inline void prefetch_part(uintptr_t pf) {
+  if (pf == 0) return;
+#pragma GCC unroll 32
+  for (int64_t l = l0; l < l1; ++l) packed::prefetch_line<true>(pf + 64 * l);
+}
+
 // One packed block of one token: the exact dot (its start value -offset * activation sum),
 // then acc = fma(float(dot), d_w * d_a, acc), per scale half for NVFP4: tile<L, 1>'s bits.
-template <class L>
-inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8_t* y, const int32_t* sum, float da,
-                           __m512 acc) {
+// Lines [l0, l1) at pf are prefetched right after the block's quants are loaded.
+template <class L, int64_t l0 = 0, int64_t l1 = 0>
+[[gnu::always_inline]] inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8_t* y,
+                                                  const int32_t* sum, float da, __m512 acc, uintptr_t pf = 0) {
   __m512i w[8];
   unpack<L>(q, w);
+  prefetch_part<l0, l1>(pf);
   const __m512 vda = _mm512_set1_ps(da);
 #pragma GCC unroll 2
   for (int h = 0; h < L::kScales; ++h) {
@@ -238,11 +250,16 @@ inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8
 // bytes at the plan's distances ahead, written out per line. (Prefetcher::step and block_at
 // cost a third of the uops of tile<L, 1> per block, and from L2 it ran at about twice the
 // DRAM bandwidth of one core; inside a decode step that left the stream well short of a plain
-// read: bench/micro/README.md.)
+// read: bench/micro/README.md.) The pair's L1 prefetches go out in four quarters, before and
+// after each block's quant loads, not in one burst: on the Zen 5 VM (sixteenth session) a
+// burst of 9 (Q4_0) or 17 (Q8_0) prefetches per pair decoded the 1.2B Q4_0 8% slower at one
+// thread (60.2 against 65.0 t/s) and SmolLM2 Q8_0 23% slower; two halves gained about half
+// as much, and one prefetch after each quant load less.
 template <class L>
 void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int64_t kBlock = packed::block_bytes<L>(), kScaleBytes = packed::scale_bytes<L>();
   constexpr int64_t kPair = packed::pair_bytes<L>(), kLines = kPair / 64;
+  constexpr int64_t kQ1 = kLines / 4, kQ2 = kLines / 2, kQ3 = 3 * kLines / 4;
   const int64_t gbytes = packed::group_stride<L>(a.nb);
   const packed::PrefetchPlan plan = packed::prefetch_plan();
   const int64_t far = plan.far, near = plan.near;
@@ -261,19 +278,23 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     for (int64_t p = 0; p < pairs; ++p) {
       const uint8_t* q = grp + p * kPair;
       const auto at = reinterpret_cast<uintptr_t>(q);
+      // pf: the pair's lines near bytes ahead, prefetched in quarters; 0 where they would run
+      // past limit (a call's last pairs), which take them in one bounded loop.
+      uintptr_t pf = 0;
       if (near > 0) {
-        if (at + near + kPair <= limit) {
-#pragma GCC unroll 32
-          for (int64_t l = 0; l < kLines; ++l) packed::prefetch_line<true>(at + near + 64 * l);
-        } else {
+        if (at + near + kPair <= limit)
+          pf = at + near;
+        else
           for (int64_t l = 0; l < kLines && at + near + 64 * l < limit; ++l) packed::prefetch_line<true>(at + near + 64 * l);
-        }
       }
       if (far > 0)
         for (int64_t l = 0; l < kLines && at + far + 64 * l < limit; ++l) packed::prefetch_line<false>(at + far + 64 * l);
       const int64_t b = 2 * p;
-      acc = decode_block<L>(q, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc);
-      acc = decode_block<L>(q + kBlock, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2, ad[b + 1], acc);
+      prefetch_part<0, kQ1>(pf);
+      acc = decode_block<L, kQ1, kQ2>(q, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc, pf);
+      prefetch_part<kQ2, kQ3>(pf);
+      acc = decode_block<L, kQ3, kLines>(q + kBlock, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2,
+                                         ad[b + 1], acc, pf);
     }
     if (a.nb % 2) {  // the odd last block: its scales follow it
       const int64_t b = a.nb - 1;
@@ -457,7 +478,10 @@ struct KTile {
 
 // Q4_K (repack_layout.h): per super-block, sub-block j's 8 steps are the low or high nibbles of
 // pair j/2; its exact dot is scaled by vpmulld with the rows' 6-bit scales, and the mins meet
-// the activation sums through vpmaddwd on (min 2p, min 2p+1) int16 pairs.
+// the activation sums through vpmaddwd on (min 2p, min 2p+1) int16 pairs. The super-block's
+// prefetch (36 lines) goes out in four parts over its sub-blocks, as Q6_K's (52 lines): Gemma 3
+// 270M Q4_K_M decoded 16-22% faster than with one burst per super-block (Zen 5 VM, sixteenth
+// session; eight parts measured the same).
 template <int T>
 void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t row0, __mmask16 mask,
               const packed::Prefetcher* pf, int64_t step0) {
@@ -468,11 +492,11 @@ void q4k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q4K::kBytes;
-    if (pf) pf->step(step0 + sb);
     __m512i isum[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
     for (int j = 0; j < 8; ++j) {
+      if (pf && j % 2 == 0) pf->step_part<4>(step0 + sb, j / 2);
       __m512i w[8];
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) {
@@ -523,11 +547,11 @@ void q6k_tile(const PackedGemmArgs& a, const uint8_t* grp, int64_t t0, int64_t r
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t sb = 0; sb < a.nb; ++sb) {
     const uint8_t* blk = grp + sb * Q6K::kBytes;
-    if (pf) pf->step(step0 + sb);
     __m512i isum[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
     for (int j = 0; j < 8; ++j) {
+      if (pf && j % 2 == 0) pf->step_part<4>(step0 + sb, j / 2);
       const uint8_t* sub = blk + Q6K::kSub * j;
       __m512i w[8];
 #pragma GCC unroll 4
