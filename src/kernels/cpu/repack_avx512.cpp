@@ -224,15 +224,12 @@ inline void prefetch_part(uintptr_t pf) {
   for (int64_t l = l0; l < l1; ++l) packed::prefetch_line<true>(pf + 64 * l);
 }
 
-// One packed block of one token: the exact dot (its start value -offset * activation sum),
-// then acc = fma(float(dot), d_w * d_a, acc), per scale half for NVFP4: tile<L, 1>'s bits.
-// Lines [l0, l1) at pf are prefetched right after the block's quants are loaded.
-template <class L, int64_t l0 = 0, int64_t l1 = 0>
-[[gnu::always_inline]] inline __m512 decode_block(const uint8_t* q, const uint8_t* sc_bytes, const int8_t* y,
-                                                  const int32_t* sum, float da, __m512 acc, uintptr_t pf = 0) {
-  __m512i w[8];
-  unpack<L>(q, w);
-  prefetch_part<l0, l1>(pf);
+// One packed block of one token from its unpacked steps w: the exact dot (its start value
+// -offset * activation sum), then acc = fma(float(dot), d_w * d_a, acc), per scale half for
+// NVFP4: tile<L, 1>'s bits.
+template <class L>
+[[gnu::always_inline]] inline __m512 decode_dots(const __m512i* w, const uint8_t* sc_bytes, const int8_t* y,
+                                                 const int32_t* sum, float da, __m512 acc) {
   const __m512 vda = _mm512_set1_ps(da);
 #pragma GCC unroll 2
   for (int h = 0; h < L::kScales; ++h) {
@@ -250,11 +247,15 @@ template <class L, int64_t l0 = 0, int64_t l1 = 0>
 // bytes at the plan's distances ahead, written out per line. (Prefetcher::step and block_at
 // cost a third of the uops of tile<L, 1> per block, and from L2 it ran at about twice the
 // DRAM bandwidth of one core; inside a decode step that left the stream well short of a plain
-// read: bench/micro/README.md.) The pair's L1 prefetches go out in four quarters, before and
-// after each block's quant loads, not in one burst: on the Zen 5 VM (sixteenth session) a
-// burst of 9 (Q4_0) or 17 (Q8_0) prefetches per pair decoded the 1.2B Q4_0 8% slower at one
-// thread (60.2 against 65.0 t/s) and SmolLM2 Q8_0 23% slower; two halves gained about half
-// as much, and one prefetch after each quant load less.
+// read: bench/micro/README.md.) On the Zen 5 VM (sixteenth session), alternating variants in
+// one process:
+// - the pair's L1 prefetches go out in four parts spread over its work, not in one burst: a
+//   burst of 9 (Q4_0) or 17 (Q8_0) prefetches per pair decoded the 1.2B Q4_0 5-8% slower at
+//   one thread and SmolLM2 Q8_0 15-23% slower (two halves gained about half as much, and one
+//   prefetch after each quant load less);
+// - each block's quants are loaded (unpacked) before the previous block's dots, so that more
+//   of the stream's loads are in flight: the 1.2B 4-5% faster at one and two threads, SmolLM2
+//   Q8_0 2%; where the four parts sit around the loads and dots made no difference.
 template <class L>
 void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int64_t kBlock = packed::block_bytes<L>(), kScaleBytes = packed::scale_bytes<L>();
@@ -275,10 +276,12 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
     __m512 acc = _mm512_setzero_ps();
+    __m512i w0[8], w1[8];  // the steps of the pair's first and second block
+    if (pairs > 0) unpack<L>(grp, w0);
     for (int64_t p = 0; p < pairs; ++p) {
       const uint8_t* q = grp + p * kPair;
       const auto at = reinterpret_cast<uintptr_t>(q);
-      // pf: the pair's lines near bytes ahead, prefetched in quarters; 0 where they would run
+      // pf: the pair's lines near bytes ahead, prefetched in four parts; 0 where they would run
       // past limit (a call's last pairs), which take them in one bounded loop.
       uintptr_t pf = 0;
       if (near > 0) {
@@ -291,15 +294,19 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
         for (int64_t l = 0; l < kLines && at + far + 64 * l < limit; ++l) packed::prefetch_line<false>(at + far + 64 * l);
       const int64_t b = 2 * p;
       prefetch_part<0, kQ1>(pf);
-      acc = decode_block<L, kQ1, kQ2>(q, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc, pf);
+      unpack<L>(q + kBlock, w1);
+      prefetch_part<kQ1, kQ2>(pf);
+      acc = decode_dots<L>(w0, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc);
       prefetch_part<kQ2, kQ3>(pf);
-      acc = decode_block<L, kQ3, kLines>(q + kBlock, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2,
-                                         ad[b + 1], acc, pf);
+      if (p + 1 < pairs) unpack<L>(q + kPair, w0);
+      prefetch_part<kQ3, kLines>(pf);
+      acc = decode_dots<L>(w1, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2, ad[b + 1], acc);
     }
     if (a.nb % 2) {  // the odd last block: its scales follow it
       const int64_t b = a.nb - 1;
       const uint8_t* q = grp + pairs * kPair;
-      acc = decode_block<L>(q, q + kBlock, act[b].qs, as + 2 * b, ad[b], acc);
+      unpack<L>(q, w0);
+      acc = decode_dots<L>(w0, q + kBlock, act[b].qs, as + 2 * b, ad[b], acc);
     }
     _mm512_mask_storeu_ps(a.y + row0, static_cast<__mmask16>((1u << nr) - 1), acc);
   }
