@@ -207,11 +207,7 @@ struct Prefetcher {
   // (repack_avx2.cpp).
   template <bool kFar = true>
   void step(int64_t i) const {
-    const uintptr_t a = base + static_cast<uintptr_t>((i * q16) >> 16);
-    const uintptr_t b = base + static_cast<uintptr_t>(((i + 1) * q16) >> 16);
-    if (kFar && far > 0) prefetch_lines<false>(a + far, std::min(b + far, end));
-    if (!near) return;
-    prefetch_lines<true>(a + near_at, std::min(b + near_at, end));
+    step_part<1, kFar>(i, 0);
   }
   // Part k of kParts of step i: the step's lines spread over its work instead of one burst.
   // Each line of the step falls in exactly one part. On the Zen 5 VM (sixteenth session) the
