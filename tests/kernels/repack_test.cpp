@@ -218,7 +218,9 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
         // One token takes the decode kernels, which prefetch by the process's plan: each kind of
         // plan (both streams, L1 alone, L2 alone) leaves the bits alone.
         std::vector<packed::PrefetchPlan> plans{packed::prefetch_plan()};
-        if (n_tokens == 1) plans.insert(plans.end(), {{0, 1024}, {32768, 0}});
+        if (n_tokens == 1)
+          plans.insert(plans.end(),
+                       {{packed::kPrefetchAhead, packed::kPrefetchNear}, {0, 1024}, {packed::kPrefetchAhead, 0}});
         const PlanGuard keep;
         for (const packed::PrefetchPlan plan : plans)
         for (auto [ops, name] : paths) {

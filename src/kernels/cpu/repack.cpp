@@ -456,13 +456,20 @@ std::atomic<bool>& pack_q4_1_flag() {
 }  // namespace
 
 namespace {
-// The default plan: the constants (measured on AMD Zen 3 and Zen 4), except
+// The default plan: the constants (measured on AMD Zen 3 and, before the AVX-512 one-token
+// products spread their prefetches over each step, Zen 4), except
 // - on Intel CPUs, where the L1 stream alone at 1 KB read best (bench/micro/README.md, fourteenth
 //   session: a Xeon with AVX-512 and AMX). There the AVX2 products decoded the 1.2B Q4_0 at
 //   21.9-22.8 t/s with it against 17.2-17.4 with 4 KB; the AVX-512 ones were as fast either way;
 // - on AMD family 1Ah (Zen 5) and later, where the L2 stream cost a fifth of the one-token
 //   product's read and the L1 stream alone at 8 KB read best (fifteenth session: one core's
-//   product 29 -> 37 GB/s against a plain read of 36-38; the 1.2B Q4_0 decode 42-47 -> 53-57 t/s).
+//   product 29 -> 37 GB/s against a plain read of 36-38; the 1.2B Q4_0 decode 42-47 -> 53-57 t/s);
+// - on AMD Zen 4 (family 19h with AVX-512), where since that change the L1 stream alone at
+//   kPrefetchNear read best (seventeenth session, alternating plans in one process: the 1.2B
+//   Q4_0 decode 34.0 -> 40.2 t/s at one thread, 51.3 -> 53.1 at two; Gemma 3 77 -> 90; prefill
+//   as fast or faster; 3-12 KB within 3% of 4 KB). Zen 3 (AVX2 only) keeps the constants: the
+//   AVX2 products take no far stream, and with it in the plan their K-quants take no near one
+//   either, which on Zen 4 under FENNEC_CPU=avx2 decoded Gemma 3 5% faster than the near stream.
 packed::PrefetchPlan plan_from_env() {
   packed::PrefetchPlan p;
   const CpuModel cpu = cpu_model();
@@ -470,6 +477,8 @@ packed::PrefetchPlan plan_from_env() {
     p = {0, packed::kPrefetchNearIntel};
   else if (cpu.vendor == CpuVendor::kAmd && cpu.family >= 0x1A)
     p = {0, packed::kPrefetchNearZen5};
+  else if (cpu.vendor == CpuVendor::kAmd && detect_simd_level() == SimdLevel::kAvx512)
+    p = {0, packed::kPrefetchNear};
   long far = 0, near = 0;
   if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)
     p = {far, near};
