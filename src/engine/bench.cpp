@@ -12,6 +12,7 @@
 #include "core/huge_alloc.h"
 #include "engine/kv_cache.h"
 #include "kernels/cpu/repack_layout.h"
+#include "kernels/cpu/vec.h"
 
 namespace fennec::engine {
 
@@ -190,42 +191,34 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
   pool.parallel_for(n, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) buf.get()[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
   });
-  std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
-  // Four ways of reading, alternated, best of all: plain loads with the hardware prefetchers
-  // alone; loads with the software prefetch the packed products use (the process's plan,
+  std::vector<uint64_t> sink(static_cast<size_t>(pool.size()));
+  // Eight ways of reading, alternated, best of all: each of four prefetch schemes with 64-bit
+  // loads and with the widest vector loads (kernels::VecOps::read_sum; on the Zen 4 measured on
+  // 2026-12-07, 512-bit loads read 5-6% faster on one core). The schemes: the hardware
+  // prefetchers alone; the software prefetch the packed products use (the process's plan,
   // packed::prefetch_plan(): each line asked into L2 `far` bytes ahead and into L1 `near` ahead;
   // on the Zen 5 measured on 2026-12-07 the L1 stream alone at 8 KB, which read faster there than
-  // the other three); with the L1 stream alone at kPrefetchNear, as the AVX2 products fetch
-  // (repack_avx2.cpp: on the AMD Zen 3 measured, faster there than both streams); and with the
-  // L1 stream alone at 1 KB (on the Intel Xeon with AVX-512 and AMX measured on 2026-12-07,
-  // 18 GB/s on one core where the others read 14-15). The roofline is then the most a read of
-  // these bytes was seen to reach, not a read slower than the products.
+  // the other three); the L1 stream alone at kPrefetchNear, as the AVX2 products fetch
+  // (repack_avx2.cpp: on the AMD Zen 3 measured, faster there than both streams); and the L1
+  // stream alone at 1 KB (on the Intel Xeon with AVX-512 and AMX measured on 2026-12-07, 18 GB/s
+  // on one core where the others read 14-15). The roofline is then the most a read of these
+  // bytes was seen to reach, not a read slower than the products.
   const kernels::packed::PrefetchPlan plan = kernels::packed::prefetch_plan();
+  const kernels::VecOps* ways[2] = {&kernels::vec_ops_scalar(), &kernels::vec_ops()};
   double best = 0;
-  for (int r = 0; r < 4 * reps; ++r) {
+  for (int r = 0; r < 8 * reps; ++r) {
     const int scheme = r % 4;  // 0: plain, 1: the plan, 2: near, 3: near at 1 KB
-    const int64_t near = scheme == 1   ? plan.near
+    const kernels::VecOps& v = *ways[(r / 4) % 2];
+    const int64_t near = scheme == 0   ? 0
+                         : scheme == 1 ? plan.near
                          : scheme == 3 ? kernels::packed::kPrefetchNearIntel
                                        : kernels::packed::kPrefetchNear;
-    const auto far = static_cast<uintptr_t>(scheme == 1 ? plan.far : 0);
+    const int64_t far = scheme == 1 ? plan.far : 0;
     const auto t0 = Clock::now();
     pool.run_on_all([&](int ti, int nt) {
-      const int64_t a = n * ti / nt, b = n * (ti + 1) / nt;
-      const uint64_t* p = buf.get();
-      const auto end = reinterpret_cast<uintptr_t>(p + b);
-      uint64_t s[8] = {};
-      int64_t i = a;
-      for (; i + 8 <= b; i += 8) {
-        if (scheme > 0) {
-          const auto at = reinterpret_cast<uintptr_t>(p + i);
-          if (far > 0 && at + far < end) kernels::packed::prefetch_line<false>(at + far);
-          if (near > 0 && at + static_cast<uintptr_t>(near) < end)
-            kernels::packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
-        }
-        for (int k = 0; k < 8; ++k) s[k] += p[static_cast<size_t>(i + k)];
-      }
-      for (; i < b; ++i) s[0] += p[static_cast<size_t>(i)];
-      for (int k = 0; k < 8; ++k) sink[static_cast<size_t>(ti) * 8 + static_cast<size_t>(k)] = s[k];
+      // Each thread's part starts on a line (n is a multiple of 8 words).
+      const int64_t a = n / 8 * ti / nt * 8, b = n / 8 * (ti + 1) / nt * 8;
+      sink[static_cast<size_t>(ti)] = v.read_sum(buf.get() + a, b - a, far, near);
     });
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
     best = std::max(best, static_cast<double>(n * 8) / sec);

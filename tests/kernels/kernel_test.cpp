@@ -68,6 +68,21 @@ TEST(VecKernelTest, DotAndAxpyAgreeWithReferenceOnEveryPath) {
   }
 }
 
+// The bandwidth probe's read (engine/bench.cpp): whatever it prefetches, every path sums every word
+// once, tails shorter than a line included.
+TEST(VecKernelTest, ReadSumAddsEveryWordOnEveryPath) {
+  aligned_vector<uint64_t> w(4096 + 5);
+  std::mt19937_64 rng(7);
+  for (auto& x : w) x = rng();
+  for (int64_t n : {0, 1, 7, 8, 9, 64, 4095, 4101}) {
+    uint64_t ref = 0;
+    for (int64_t i = 0; i < n; ++i) ref += w[static_cast<size_t>(i)];
+    for (const VecOps* v : available_paths())
+      for (auto [far, near] : {std::pair<int64_t, int64_t>{0, 0}, {0, 1024}, {32768, 4096}, {256, 0}})
+        EXPECT_EQ(v->read_sum(w.data(), n, far, near), ref) << n << " " << far << "," << near;
+  }
+}
+
 TEST(VecKernelTest, Fp16ConversionsAreExactOnEveryPath) {
   auto x = random_vec(1000, 3, 100.0f);
   x.push_back(65504.0f);

@@ -1,6 +1,7 @@
 #include <immintrin.h>
 
 #include "core/float_convert.h"
+#include "kernels/cpu/repack_layout.h"
 #include "kernels/cpu/vec.h"
 
 namespace fennec::kernels {
@@ -55,7 +56,25 @@ void f2h_avx2(const float* s, uint16_t* d, int64_t n) {
   for (; i < n; ++i) d[i] = f32_to_fp16(s[i]);
 }
 
-const VecOps kAvx2{dot_avx2, axpy_avx2, h2f_avx2, f2h_avx2};
+uint64_t read_sum_avx2(const uint64_t* p, int64_t n, int64_t far, int64_t near) {
+  const auto end = reinterpret_cast<uintptr_t>(p + n);
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const auto at = reinterpret_cast<uintptr_t>(p + i);
+    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
+    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    s0 = _mm256_add_epi64(s0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    s1 = _mm256_add_epi64(s1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+  }
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi64(s0, s1));
+  uint64_t r = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) r += p[i];
+  return r;
+}
+
+const VecOps kAvx2{dot_avx2, axpy_avx2, h2f_avx2, f2h_avx2, read_sum_avx2};
 
 }  // namespace
 

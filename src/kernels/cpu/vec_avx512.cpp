@@ -1,6 +1,7 @@
 #include <immintrin.h>
 
 #include "core/float_convert.h"
+#include "kernels/cpu/repack_layout.h"
 #include "kernels/cpu/vec.h"
 
 namespace fennec::kernels {
@@ -45,7 +46,24 @@ void f2h_avx512(const float* s, uint16_t* d, int64_t n) {
   for (; i < n; ++i) d[i] = f32_to_fp16(s[i]);
 }
 
-const VecOps kAvx512{dot_avx512, axpy_avx512, h2f_avx512, f2h_avx512};
+uint64_t read_sum_avx512(const uint64_t* p, int64_t n, int64_t far, int64_t near) {
+  const auto end = reinterpret_cast<uintptr_t>(p + n);
+  __m512i s = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const auto at = reinterpret_cast<uintptr_t>(p + i);
+    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
+    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    s = _mm512_add_epi64(s, _mm512_load_si512(p + i));
+  }
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, s);
+  uint64_t r = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; i < n; ++i) r += p[i];
+  return r;
+}
+
+const VecOps kAvx512{dot_avx512, axpy_avx512, h2f_avx512, f2h_avx512, read_sum_avx512};
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/repack_layout.h"
 #include "kernels/cpu/vec.h"
 
 namespace fennec::kernels {
@@ -28,7 +29,21 @@ void f2h_scalar(const float* s, uint16_t* d, int64_t n) {
   for (int64_t i = 0; i < n; ++i) d[i] = f32_to_fp16(s[i]);
 }
 
-const VecOps kScalar{dot_scalar, axpy_scalar, h2f_scalar, f2h_scalar};
+uint64_t read_sum_scalar(const uint64_t* p, int64_t n, int64_t far, int64_t near) {
+  const auto end = reinterpret_cast<uintptr_t>(p + n);
+  uint64_t s[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const auto at = reinterpret_cast<uintptr_t>(p + i);
+    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
+    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    for (int k = 0; k < 8; ++k) s[k] += p[i + k];
+  }
+  for (; i < n; ++i) s[0] += p[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+const VecOps kScalar{dot_scalar, axpy_scalar, h2f_scalar, f2h_scalar, read_sum_scalar};
 
 }  // namespace
 
