@@ -464,12 +464,14 @@ namespace {
 // - on AMD family 1Ah (Zen 5) and later, where the L2 stream cost a fifth of the one-token
 //   product's read and the L1 stream alone at 8 KB read best (fifteenth session: one core's
 //   product 29 -> 37 GB/s against a plain read of 36-38; the 1.2B Q4_0 decode 42-47 -> 53-57 t/s);
-// - on AMD Zen 4 (family 19h with AVX-512), where since that change the L1 stream alone at
-//   kPrefetchNear read best (seventeenth session, alternating plans in one process: the 1.2B
-//   Q4_0 decode 34.0 -> 40.2 t/s at one thread, 51.3 -> 53.1 at two; Gemma 3 77 -> 90; prefill
-//   as fast or faster; 3-12 KB within 3% of 4 KB). Zen 3 (AVX2 only) keeps the constants: the
-//   AVX2 products take no far stream, and with it in the plan their K-quants take no near one
-//   either, which on Zen 4 under FENNEC_CPU=avx2 decoded Gemma 3 5% faster than the near stream.
+// - on AMD Zen 4 (family 19h, running the AVX-512 products), where since that change the L1
+//   stream alone at kPrefetchNear read best (seventeenth session, alternating plans per decode
+//   step: the 1.2B Q4_0 decode 35.4 -> 44.1 t/s at one thread, 50.9 -> 55.6 at two; Gemma 3
+//   78 -> 86; SmolLM2 Q4_0 212 -> 243, Q8_0 120 -> 128, Q4_1 204 -> 201; prefill as fast or
+//   faster; 3-12 KB within 3% of 4 KB). The AVX2 products (Zen 3, or FENNEC_CPU=avx2) keep the
+//   constants: they take no far stream, and with one in the plan their K-quants take no near
+//   stream either, which on Zen 4 under FENNEC_CPU=avx2 decoded Gemma 3 5% faster (84.3 against
+//   79.3 t/s) than the near stream.
 packed::PrefetchPlan plan_from_env() {
   packed::PrefetchPlan p;
   const CpuModel cpu = cpu_model();
@@ -477,7 +479,7 @@ packed::PrefetchPlan plan_from_env() {
     p = {0, packed::kPrefetchNearIntel};
   else if (cpu.vendor == CpuVendor::kAmd && cpu.family >= 0x1A)
     p = {0, packed::kPrefetchNearZen5};
-  else if (cpu.vendor == CpuVendor::kAmd && detect_simd_level() == SimdLevel::kAvx512)
+  else if (cpu.vendor == CpuVendor::kAmd && active_simd_level() == SimdLevel::kAvx512)
     p = {0, packed::kPrefetchNear};
   long far = 0, near = 0;
   if (const char* e = std::getenv("FENNEC_PREFETCH"); e && std::sscanf(e, "%ld,%ld", &far, &near) == 2 && far >= 0 && near >= 0)
