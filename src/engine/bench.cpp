@@ -216,8 +216,8 @@ double measure_read_bandwidth(ThreadPool& pool, int64_t bytes, int reps) {
     const int64_t far = scheme == 1 ? plan.far : 0;
     const auto t0 = Clock::now();
     pool.run_on_all([&](int ti, int nt) {
-      // Each thread's part starts on a line (n is a multiple of 8 words).
-      const int64_t a = n / 8 * ti / nt * 8, b = n / 8 * (ti + 1) / nt * 8;
+      // Each thread's part starts on a line; the last one takes the words after the last line.
+      const int64_t a = n / 8 * ti / nt * 8, b = ti + 1 == nt ? n : n / 8 * (ti + 1) / nt * 8;
       sink[static_cast<size_t>(ti)] = v.read_sum(buf.get() + a, b - a, far, near);
     });
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
