@@ -160,6 +160,13 @@ template <bool kL1>
 inline void prefetch_lines(uintptr_t a, uintptr_t b) {
   for (uintptr_t p = (a + 63) & ~uintptr_t{63}; p < b; p += 64) prefetch_line<kL1>(p);
 }
+// The lines `far` bytes ahead of at (into L2) and `near` bytes ahead (into L1), each where it
+// starts before end (0: no such prefetch): one line's share of a plan's two streams, as the
+// bandwidth probe's reads take it (VecOps::read_sum).
+inline void prefetch_ahead(uintptr_t at, int64_t far, int64_t near, uintptr_t end) {
+  if (far > 0 && at + static_cast<uintptr_t>(far) < end) prefetch_line<false>(at + static_cast<uintptr_t>(far));
+  if (near > 0 && at + static_cast<uintptr_t>(near) < end) prefetch_line<true>(at + static_cast<uintptr_t>(near));
+}
 // The distances the products prefetch at, in bytes ahead of where they read: far (into L2; 0:
 // none) and near (into L1; 0: none). The process's plan starts as the constants above (on Intel
 // CPUs and AMD Zen 5: no far stream, near at kPrefetchNearIntel or kPrefetchNearZen5;

@@ -61,9 +61,7 @@ uint64_t read_sum_avx2(const uint64_t* p, int64_t n, int64_t far, int64_t near) 
   __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const auto at = reinterpret_cast<uintptr_t>(p + i);
-    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
-    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    packed::prefetch_ahead(reinterpret_cast<uintptr_t>(p + i), far, near, end);
     s0 = _mm256_add_epi64(s0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
     s1 = _mm256_add_epi64(s1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
   }

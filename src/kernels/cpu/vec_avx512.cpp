@@ -51,9 +51,7 @@ uint64_t read_sum_avx512(const uint64_t* p, int64_t n, int64_t far, int64_t near
   __m512i s = _mm512_setzero_si512();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const auto at = reinterpret_cast<uintptr_t>(p + i);
-    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
-    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    packed::prefetch_ahead(reinterpret_cast<uintptr_t>(p + i), far, near, end);
     s = _mm512_add_epi64(s, _mm512_load_si512(p + i));
   }
   alignas(64) uint64_t lanes[8];

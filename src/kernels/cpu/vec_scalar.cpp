@@ -34,9 +34,7 @@ uint64_t read_sum_scalar(const uint64_t* p, int64_t n, int64_t far, int64_t near
   uint64_t s[8] = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const auto at = reinterpret_cast<uintptr_t>(p + i);
-    if (far > 0 && at + static_cast<uintptr_t>(far) < end) packed::prefetch_line<false>(at + static_cast<uintptr_t>(far));
-    if (near > 0 && at + static_cast<uintptr_t>(near) < end) packed::prefetch_line<true>(at + static_cast<uintptr_t>(near));
+    packed::prefetch_ahead(reinterpret_cast<uintptr_t>(p + i), far, near, end);
     for (int k = 0; k < 8; ++k) s[k] += p[i + k];
   }
   for (; i < n; ++i) s[0] += p[i];
