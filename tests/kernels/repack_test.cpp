@@ -212,13 +212,15 @@ TEST_P(RepackKernelTest, EveryPathMatchesTheContractBitForBit) {
       uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
       const int64_t groups = (rows + kPackRows - 1) / kPackRows;
       pack_groups(w, p, 0, groups);
-      for (int64_t n_tokens : {1, 2, 3, 7, 8, 9, 17, 32}) {  // 17, 32: AMX tiles of 16 tokens (with a rest)
+      // 1-8: the decode kernels (a step of up to eight sequences); 9: a prefill tile and a rest;
+      // 17, 32: AMX tiles of 16 tokens (with a rest).
+      for (int64_t n_tokens : {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 32}) {
         const Act a = make_act(n_tokens, cols, static_cast<uint32_t>(n_tokens),
                                t == GgmlType::Q4_1 ? ActFormat::kQ8_1 : ActFormat::kQ8_0);
-        // One token takes the decode kernels, which prefetch by the process's plan: each kind of
-        // plan (both streams, L1 alone, L2 alone) leaves the bits alone.
+        // The decode kernels prefetch by the process's plan: each kind of plan (both streams, L1
+        // alone, L2 alone) leaves the bits alone.
         std::vector<packed::PrefetchPlan> plans{packed::prefetch_plan()};
-        if (n_tokens == 1)
+        if (n_tokens == 1 || n_tokens == 4)
           plans.insert(plans.end(),
                        {{packed::kPrefetchAhead, packed::kPrefetchNear}, {0, 1024}, {packed::kPrefetchAhead, 0}});
         const PlanGuard keep;

@@ -227,7 +227,7 @@ inline void prefetch_part(uintptr_t pf) {
 // One packed block of one token from its unpacked steps w: the exact dot (its start value
 // -offset * activation sum), then acc = fma(float(dot), d_w * d_a, acc), per scale half for
 // NVFP4: tile<L, 1>'s bits.
-template <class L>
+template <class L, int T = 1>
 [[gnu::always_inline]] inline __m512 decode_dots(const __m512i* w, const uint8_t* sc_bytes, const int8_t* y,
                                                  const int32_t* sum, float da, __m512 acc) {
   const __m512 vda = _mm512_set1_ps(da);
@@ -236,13 +236,14 @@ template <class L>
     const __m512 dw = block_scales<L>(sc_bytes, h);
     const int32_t start = L::kScales == 1 ? -L::kOffset * (sum[0] + sum[1]) : -L::kOffset * sum[h];
     const int j0 = L::kScales == 1 ? 0 : 4 * h, j1 = L::kScales == 1 ? 8 : j0 + 4;
-    const __m512i s = dot_steps<1>(_mm512_set1_epi32(start), w, y, j0, j1);
+    const __m512i s = dot_steps<T>(_mm512_set1_epi32(start), w, y, j0, j1);
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, vda), acc);
   }
   return acc;
 }
 
-// The one-token product (a decode step's), tile<L, 1>'s bits: the call's groups are one stream
+// The products of one to eight tokens (a decode step of up to eight sequences, or a short
+// prompt), tile<L, T>'s bits: the call's groups are one stream
 // of block pairs (repack_layout.h), walked with a pointer, and each pair prefetches its own
 // bytes at the plan's distances ahead, written out per line. (Prefetcher::step and block_at
 // cost a third of the uops of tile<L, 1> per block, and from L2 it ran at about twice the
@@ -256,7 +257,11 @@ template <class L>
 // - each block's quants are loaded (unpacked) before the previous block's dots, so that more
 //   of the stream's loads are in flight: the 1.2B 4-5% faster at one and two threads, SmolLM2
 //   Q8_0 2%; where the four parts sit around the loads and dots made no difference.
-template <class L>
+// Each block's steps then feed the T tokens' dots in turn. Two to eight tokens took tile<L, T>
+// (one prefetch burst per block) until the eighteenth session; on the Zen 4 VM, alternating in
+// one process, the 1.2B Q4_0's products alone read 21.3 -> 26.0 GB/s at two tokens, 19.2 -> 22.3
+// at three and 5-10% more at five to eight, where they are bound by the dots (bench/micro/README.md).
+template <class L, int T = 1>
 void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int64_t kBlock = packed::block_bytes<L>(), kScaleBytes = packed::scale_bytes<L>();
   constexpr int64_t kPair = packed::pair_bytes<L>(), kLines = kPair / 64;
@@ -267,15 +272,23 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   const uint8_t* stop = a.w + g1 * gbytes;
   const bool last_call = g1 * kPackRows >= a.rows && a.run_on_end != nullptr;
   const auto limit = reinterpret_cast<uintptr_t>(last_call ? std::max(stop, a.run_on_end) : stop);
-  const auto* act = reinterpret_cast<const BlockQ8_0*>(a.act);
-  const float* ad = a.act_d;
-  const int32_t* as = a.act_sum;
+  const BlockQ8_0* act[T];
+  const float* ad[T];
+  const int32_t* as[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    act[t] = reinterpret_cast<const BlockQ8_0*>(a.act + t * a.act_stride);
+    ad[t] = a.act_d + t * a.nb;
+    as[t] = a.act_sum + 2 * t * a.nb;
+  }
   const int64_t pairs = a.nb / 2;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = a.w + g * gbytes;
     const int64_t row0 = g * kPackRows;
     const int64_t nr = std::min<int64_t>(kPackRows, a.rows - row0);
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     __m512i w0[8], w1[8];  // the steps of the pair's first and second block
     if (pairs > 0) unpack<L>(grp, w0);
     for (int64_t p = 0; p < pairs; ++p) {
@@ -296,19 +309,28 @@ void decode_pairs(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
       prefetch_part<0, kQ1>(pf);
       unpack<L>(q + kBlock, w1);
       prefetch_part<kQ1, kQ2>(pf);
-      acc = decode_dots<L>(w0, q + 2 * kBlock, act[b].qs, as + 2 * b, ad[b], acc);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t)
+        acc[t] = decode_dots<L, T>(w0, q + 2 * kBlock, act[t][b].qs, as[t] + 2 * b, ad[t][b], acc[t]);
       prefetch_part<kQ2, kQ3>(pf);
       if (p + 1 < pairs) unpack<L>(q + kPair, w0);
       prefetch_part<kQ3, kLines>(pf);
-      acc = decode_dots<L>(w1, q + 2 * kBlock + kScaleBytes, act[b + 1].qs, as + 2 * b + 2, ad[b + 1], acc);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t)
+        acc[t] = decode_dots<L, T>(w1, q + 2 * kBlock + kScaleBytes, act[t][b + 1].qs, as[t] + 2 * b + 2,
+                                   ad[t][b + 1], acc[t]);
     }
     if (a.nb % 2) {  // the odd last block: its scales follow it
       const int64_t b = a.nb - 1;
       const uint8_t* q = grp + pairs * kPair;
       unpack<L>(q, w0);
-      acc = decode_dots<L>(w0, q + kBlock, act[b].qs, as + 2 * b, ad[b], acc);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t)
+        acc[t] = decode_dots<L, T>(w0, q + kBlock, act[t][b].qs, as[t] + 2 * b, ad[t][b], acc[t]);
     }
-    _mm512_mask_storeu_ps(a.y + row0, static_cast<__mmask16>((1u << nr) - 1), acc);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(a.y + t * a.ldy + row0, static_cast<__mmask16>((1u << nr) - 1), acc[t]);
   }
 }
 
@@ -430,7 +452,17 @@ template <class L>
 void gemm(const PackedGemmArgs& a, int64_t g0, int64_t g1) {
   constexpr int kT = 8;
   if constexpr (!L::kMin) {
-    if (a.n_tokens == 1) return decode_pairs<L>(a, g0, g1);
+    switch (a.n_tokens) {  // decode steps of up to eight sequences
+      case 1: return decode_pairs<L, 1>(a, g0, g1);
+      case 2: return decode_pairs<L, 2>(a, g0, g1);
+      case 3: return decode_pairs<L, 3>(a, g0, g1);
+      case 4: return decode_pairs<L, 4>(a, g0, g1);
+      case 5: return decode_pairs<L, 5>(a, g0, g1);
+      case 6: return decode_pairs<L, 6>(a, g0, g1);
+      case 7: return decode_pairs<L, 7>(a, g0, g1);
+      case 8: return decode_pairs<L, 8>(a, g0, g1);
+      default: break;
+    }
   }
   int64_t t_amx = 0;  // tokens [0, t_amx) on AMX tiles
   if constexpr (kAmx<L>) {
