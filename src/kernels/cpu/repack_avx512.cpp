@@ -226,7 +226,7 @@ inline void prefetch_part(uintptr_t pf) {
 
 // One packed block of one token from its unpacked steps w: the exact dot (its start value
 // -offset * activation sum), then acc = fma(float(dot), d_w * d_a, acc), per scale half for
-// NVFP4: tile<L, 1>'s bits.
+// NVFP4: tile<L, T>'s bits (dot_steps<T>'s chains, as tile<L, T> runs them).
 template <class L, int T = 1>
 [[gnu::always_inline]] inline __m512 decode_dots(const __m512i* w, const uint8_t* sc_bytes, const int8_t* y,
                                                  const int32_t* sum, float da, __m512 acc) {
@@ -243,13 +243,12 @@ template <class L, int T = 1>
 }
 
 // The products of one to eight tokens (a decode step of up to eight sequences, or a short
-// prompt), tile<L, T>'s bits: the call's groups are one stream
-// of block pairs (repack_layout.h), walked with a pointer, and each pair prefetches its own
-// bytes at the plan's distances ahead, written out per line. (Prefetcher::step and block_at
-// cost a third of the uops of tile<L, 1> per block, and from L2 it ran at about twice the
-// DRAM bandwidth of one core; inside a decode step that left the stream well short of a plain
-// read: bench/micro/README.md.) On the Zen 5 VM (sixteenth session), alternating variants in
-// one process:
+// prompt), tile<L, T>'s bits: the call's groups are one stream of block pairs (repack_layout.h),
+// walked with a pointer, and each pair prefetches its own bytes at the plan's distances ahead,
+// written out per line. (Prefetcher::step and block_at cost a third of the uops of tile<L, 1>
+// per block, and from L2 it ran at about twice the DRAM bandwidth of one core; inside a decode
+// step that left the stream well short of a plain read: bench/micro/README.md.) On the Zen 5 VM
+// (sixteenth session), alternating variants in one process:
 // - the pair's L1 prefetches go out in four parts spread over its work, not in one burst: a
 //   burst of 9 (Q4_0) or 17 (Q8_0) prefetches per pair decoded the 1.2B Q4_0 5-8% slower at
 //   one thread and SmolLM2 Q8_0 15-23% slower (two halves gained about half as much, and one
