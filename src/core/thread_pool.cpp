@@ -188,7 +188,7 @@ void ThreadPool::worker(int index) {
   }
 }
 
-void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
+void ThreadPool::run_on_all(FunctionRef<void(int, int)> fn) {
   if (!cpus_.empty() && pinned_caller_ != std::this_thread::get_id()) {
     pin_this_thread(cpus_[0]);
     pinned_caller_ = std::this_thread::get_id();
@@ -215,7 +215,7 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
   wait_ended(spun, start, &caller_spin_ns_);
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   if (n_threads_ == 1 || n == 1) {
     fn(0, n);
@@ -229,7 +229,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   });
 }
 
-void ThreadPool::parallel_for_guided(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::parallel_for_guided(int64_t n, int64_t grain, FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   if (n_threads_ == 1 || n == 1) {
     fn(0, n);

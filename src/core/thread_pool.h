@@ -10,9 +10,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <thread>
 #include <vector>
+
+#include "core/function_ref.h"
 
 namespace fennec {
 
@@ -35,15 +36,15 @@ class ThreadPool {
 
   // Runs fn(begin, end) over [0, n) split into contiguous chunks, one or more per thread,
   // and waits for all of them.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+  void parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn);
   // The same with guided chunks: each thread first takes half of an equal share, then the
   // threads claim what is left in chunks of half the remainder per thread (at least `grain`),
   // so that a thread that runs slower (another process on its core, a slower path to memory)
   // leaves its tail to the others instead of holding them at the end.
-  void parallel_for_guided(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+  void parallel_for_guided(int64_t n, int64_t grain, FunctionRef<void(int64_t, int64_t)> fn);
 
   // Runs fn(thread_index, n_threads) once on every thread and waits.
-  void run_on_all(const std::function<void(int, int)>& fn);
+  void run_on_all(FunctionRef<void(int, int)> fn);
 
  private:
   void worker(int index);
@@ -51,7 +52,7 @@ class ThreadPool {
   int n_threads_;
   std::vector<std::thread> threads_;
   // Written by the caller before it bumps generation_; read by workers after they see the bump.
-  const std::function<void(int, int)>* job_ = nullptr;
+  const FunctionRef<void(int, int)>* job_ = nullptr;
   bool stop_ = false;
   // Each word sits on its own cache line: workers poll generation_ while others write pending_.
   alignas(64) std::atomic<uint32_t> generation_{0};  // bumped once per job (and to stop)

@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "core/aligned_vector.h"
+#include "core/function_ref.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/quant_dot.h"
 #include "kernels/cpu/vec.h"
@@ -255,7 +256,7 @@ namespace {
 
 // Runs fn(t0, t1) over ranges of the step's tokens on the pool, or inline when there are too few
 // tokens to repay a dispatch. Element-wise and per-token ops give the same bits either way.
-void for_tokens(ThreadPool& pool, int64_t n_tokens, const std::function<void(int64_t, int64_t)>& fn) {
+void for_tokens(ThreadPool& pool, int64_t n_tokens, FunctionRef<void(int64_t, int64_t)> fn) {
   if (n_tokens < 8 || pool.size() < 2)
     fn(0, n_tokens);
   else

@@ -135,7 +135,8 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
                              ? static_cast<int>(std::min<int64_t>(p.n_heads, (threads + n_chunks - 1) / n_chunks))
                              : 1;
   const int group = p.n_heads / p.n_kv_heads;
-  std::vector<AttnItem> items;
+  thread_local std::vector<AttnItem> items;  // kept: a decode step calls this once per layer
+  items.clear();
   for (int s = 0; s < n_seqs; ++s) {
     const AttnSequence* sq = &seqs[s];
     if (head_parts > 1 && decodes_by_query_heads(p, *sq)) {
@@ -162,13 +163,20 @@ void paged_attention(const float* q, int64_t ldq, const AttnSequence* seqs, int 
   auto cost = [](const AttnItem& it) {
     return static_cast<int64_t>(it.q_end - it.q_begin) * (it.seq->pos0 + it.q_end);
   };
-  std::stable_sort(items.begin(), items.end(),
-                   [&](const AttnItem& x, const AttnItem& y) { return cost(x) > cost(y); });
+  auto costlier = [&](const AttnItem& x, const AttnItem& y) { return cost(x) > cost(y); };
+  if (items.size() <= 16) {  // a decode step's few items: no temporary buffer (stable_sort allocates one)
+    for (size_t i = 1; i < items.size(); ++i)
+      for (size_t j = i; j > 0 && costlier(items[j], items[j - 1]); --j) std::swap(items[j], items[j - 1]);
+  } else {
+    std::stable_sort(items.begin(), items.end(), costlier);
+  }
   const AttnArgs args{q, ldq, k_cache, v_cache, &p, out, ldo};
   std::atomic<size_t> next{0};
+  // A pointer, not the thread_local name: in a worker, `items` is that thread's own (empty) vector.
+  const AttnItem* const list = items.data();
+  const size_t n_items = items.size();
   pool.run_on_all([&](int, int) {
-    for (size_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < items.size();)
-      fn(args, items[it]);
+    for (size_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) fn(args, list[it]);
   });
 }
 

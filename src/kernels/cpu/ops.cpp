@@ -98,6 +98,14 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool, j.ldy);
     return;
   }
+  // The call's bookkeeping lives on the stack, not in vectors: a decode step makes four calls
+  // per layer, and their heap traffic ran on the caller alone while the workers waited.
+  constexpr size_t kMaxJobs = 8;
+  if (jobs.size() > kMaxJobs) {  // not a case the models have: in slices (outputs are separate)
+    for (size_t i = 0; i < jobs.size(); i += kMaxJobs)
+      matmul_group(jobs.subspan(i, std::min(kMaxJobs, jobs.size() - i)), x, n_tokens, pool);
+    return;
+  }
   const int64_t cols = jobs[0].w->cols;
   // One quantized copy of x per activation format the jobs need.
   struct Act {
@@ -106,22 +114,24 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
     std::vector<uint8_t>* buf;
   };
   thread_local std::vector<uint8_t> bufs[4];
-  std::vector<Act> acts;
-  std::vector<size_t> act_of(jobs.size());
+  Act acts[4];
+  size_t n_acts = 0;
+  size_t act_of[kMaxJobs];
   for (size_t i = 0; i < jobs.size(); ++i) {
     const ActFormat af = activation_format(jobs[i].w->type);
     size_t a = 0;
-    while (a < acts.size() && acts[a].fmt != af) ++a;
-    if (a == acts.size()) {
+    while (a < n_acts && acts[a].fmt != af) ++a;
+    if (a == n_acts) {
       if (a == 4) {  // more formats than buffers: not a case the models have
         for (const auto& j : jobs) matmul(*j.w, x, n_tokens, j.y, pool, j.ldy);
         return;
       }
-      acts.push_back({af, quantized_act_bytes(af, cols), &bufs[a]});
-      acts.back().buf->resize(static_cast<size_t>(n_tokens * acts.back().bytes));
+      acts[n_acts++] = {af, quantized_act_bytes(af, cols), &bufs[a]};
+      acts[a].buf->resize(static_cast<size_t>(n_tokens * acts[a].bytes));
     }
     act_of[i] = a;
   }
+  const std::span<const Act> act_list(acts, n_acts);
   // Packed matrices (repack.h) also read each Q8_0 block's scale as float and its byte sum.
   bool any_packed = false;
   for (const auto& j : jobs) any_packed = any_packed || j.w->packed;
@@ -134,7 +144,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   thread_local std::vector<float, CacheAlignedAllocator<float>> amx_d;
   const Act* q8 = nullptr;
   if (any_packed) {
-    for (const Act& a : acts)
+    for (const Act& a : act_list)
       if (a.fmt == ActFormat::kQ8_0) q8 = &a;
     side_d.resize(static_cast<size_t>(n_tokens * nb));
     side_sum.resize(static_cast<size_t>(2 * n_tokens * nb));
@@ -150,7 +160,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   uint8_t* const at = n_amx > 0 ? amx_tiles.data() : nullptr;
   float* const ad = n_amx > 0 ? amx_d.data() : nullptr;
   pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
-    for (const Act& a : acts)
+    for (const Act& a : act_list)
       for (int64_t t = t0; t < t1; ++t) quantize_act(a.fmt, x + t * cols, a.buf->data() + t * a.bytes, cols);
     if (q8)
       for (int64_t t = t0; t < t1; ++t) {
@@ -159,11 +169,11 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
       }
   });
   // Row tiles of all jobs, numbered one after another.
-  std::vector<int64_t> first_tile(jobs.size() + 1, 0);
-  std::vector<QuantGemmArgs> args(jobs.size());
-  std::vector<QuantGemmFn> fns(jobs.size());
-  std::vector<PackedGemmArgs> pargs(jobs.size());
-  std::vector<PackedGemmFn> pfns(jobs.size(), nullptr);
+  int64_t first_tile[kMaxJobs + 1] = {};
+  QuantGemmArgs args[kMaxJobs];
+  QuantGemmFn fns[kMaxJobs];
+  PackedGemmArgs pargs[kMaxJobs];
+  PackedGemmFn pfns[kMaxJobs] = {};
   for (size_t i = 0; i < jobs.size(); ++i) {
     const WeightView& w = *jobs[i].w;
     const Act& a = acts[act_of[i]];
@@ -205,7 +215,7 @@ void matmul_group(std::span<const MatmulJob> jobs, const float* x, int64_t n_tok
   // two threads, equal split against guided, alternating: SmolLM2 Q8_0 414-476 -> 469-527 t/s,
   // Q4_0 602-780 -> 627-738 (medians 606 -> 678), Gemma 3 474-694 -> 596-691, the 1.2B 91-127
   // -> 98-154; the twelfth session, in a quieter hour, had seen guided 2-4% slower there.
-  pool.parallel_for_guided(first_tile.back(), n_tokens <= 4 ? 8 : 1, body);
+  pool.parallel_for_guided(first_tile[jobs.size()], n_tokens <= 4 ? 8 : 1, body);
 }
 
 void get_rows(const WeightView& w, std::span<const int32_t> ids, float* out) {
