@@ -381,8 +381,9 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
   for (const auto& [kt, vt] : kv_types)
   for (const Shape& sh : shapes) {
     if ((kt == KvType::kQ8_0 && sh.dk % 32 != 0) || (vt == KvType::kQ8_0 && sh.dv % 32 != 0)) continue;
-    // Four sequences: decode steps at 333 and deeper at 1300 (several key and value blocks of
-    // attend_decode), a chunk of 45 queries starting at 130, and a short prompt from position 0.
+    // Six sequences: decode steps at 333 and deeper at 1300 (several key and value blocks of
+    // attend_decode), at 40 and at 200 (one block: pv_direct, with empty slot chains at 40), a
+    // chunk of 45 queries starting at 130, and a short prompt from position 0.
     struct SeqSpec {
       int n_q, pos0;
     };
@@ -390,7 +391,7 @@ TEST(AttentionKernelTest, SimdBodiesMatchScalarBitForBit) {
     // at 2200 (with K and V of one type: the kernel tests also run under QEMU): the scores and
     // weighted values then run over several key blocks of attend_rows, and the group of 8 over
     // two passes per chunk of 32 queries.
-    std::vector<SeqSpec> specs = {{1, 333}, {1, 1300}, {45, 130}, {7, 0}};
+    std::vector<SeqSpec> specs = {{1, 333}, {1, 1300}, {1, 40}, {1, 200}, {45, 130}, {7, 0}};
     if (sh.dk == 64 && sh.n_heads / sh.n_kv >= 4 && kt == vt) specs.push_back({40, 2200});
     const int n_seqs = static_cast<int>(specs.size());
     int max_pos = 0;
