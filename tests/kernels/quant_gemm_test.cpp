@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <set>
 #include <thread>
@@ -289,6 +290,28 @@ TEST(ThreadPoolKernelTest, BackToBackAndSleepingJobsAllComplete) {
     });
     EXPECT_EQ(hits.load(), (1 << threads) - 1);
   }
+}
+
+// FunctionRef (the pool's job type) calls the very callable it was made from: a lambda with many
+// captures (which a std::function would copy to the heap), a mutable one whose state the calls
+// change, and a named std::function, whose target is not copied either.
+TEST(ThreadPoolKernelTest, FunctionRefCallsTheCallableItRefersTo) {
+  int64_t a = 1, b = 2, c = 3, d = 4, e = 5;
+  auto many = [&](int64_t x, int64_t y) { return a + b + c + d + e + x * y; };
+  const FunctionRef<int64_t(int64_t, int64_t)> r(many);
+  EXPECT_EQ(r(6, 7), 15 + 42);
+  a = 100;  // a reference, not a copy: the change shows
+  EXPECT_EQ(r(0, 0), 114);
+  int calls = 0;
+  auto counter = [calls](int) mutable { return ++calls; };
+  const FunctionRef<int(int)> rc(counter);
+  rc(0);
+  EXPECT_EQ(rc(0), 2);
+  EXPECT_EQ(counter(0), 3);  // the same object's state
+  std::function<void(int64_t, int64_t)> named = [&](int64_t x, int64_t y) { e = x + y; };
+  ThreadPool pool(2);
+  pool.parallel_for(1, named);
+  EXPECT_EQ(e, 1);
 }
 
 // parallel_for_guided covers [0, n) exactly once in non-empty chunks of at least `grain` (the
