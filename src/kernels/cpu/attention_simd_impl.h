@@ -416,6 +416,30 @@ struct Prefetcher {
   }
 };
 
+// One slot's chains of a tile of the weighted values: acc[row][n] = fma(w[row][k], value n of
+// position k, acc[row][n]) for k = start, start + R, .. <= k1 (the order pv_slots and pv_direct
+// both keep).
+template <int R, int NR, int NV, class Rows>
+[[gnu::always_inline]] inline void slot_chain(const float* const* w, int32_t start, int32_t k1, const Rows& vr,
+                                              int e, __m256 (&acc)[NR][NV]) {
+  for (int32_t k = start; k <= k1; k += R) {
+    __m256 vv[NV];
+    Rows::template load_run<NV>(vr.row(k) + e, vv);
+    for (int i = 0; i < NR; ++i) {
+      const __m256 wk = _mm256_broadcast_ss(w[i] + k);
+      for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
+    }
+  }
+}
+
+// The dot's last additions over its 16 lane sums x (reduce16), dimension-wise.
+inline __m256 reduce16_lanes(const __m256* x) {
+  __m256 t3[8], t6[4];
+  for (int j = 0; j < 8; ++j) t3[j] = _mm256_add_ps(x[8 + j], x[j]);
+  for (int j = 0; j < 4; ++j) t6[j] = _mm256_add_ps(t3[4 + j], t3[j]);
+  return _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
+}
+
 // One tile of the weighted values: NR rows (weights w[row], indexed by key position) times NV*8
 // value dimensions from e, over key positions k0 .. k1 of the value rows vr. Each slot's chain
 // is kept in slots[(r * NR + row) * NV * 8 ...]: it starts at +0 when `first`, else it goes on
@@ -453,14 +477,7 @@ void pv_slots(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int
     __m256 acc[NR][NV];
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) acc[i][n] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(s + (i * NV + n) * 8);
-    for (int32_t k = start; k <= k1; k += R) {
-      __m256 vv[NV];
-      Rows::template load_run<NV>(vr.row(k) + e, vv);
-      for (int i = 0; i < NR; ++i) {
-        const __m256 wk = _mm256_broadcast_ss(w[i] + k);
-        for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
-      }
-    }
+    slot_chain<R, NR, NV>(w, start, k1, vr, e, acc);
     for (int i = 0; i < NR; ++i)
       for (int n = 0; n < NV; ++n) _mm256_storeu_ps(s + (i * NV + n) * 8, acc[i][n]);
   }
@@ -479,12 +496,7 @@ void pv_combine(const float* slots, float* const* out, int e) {
         else
           x[l] = slot(l);
       }
-      // reduce16 of each dimension's 16 lanes, dimension-wise.
-      __m256 t3[8], t6[4];
-      for (int j = 0; j < 8; ++j) t3[j] = _mm256_add_ps(x[8 + j], x[j]);
-      for (int j = 0; j < 4; ++j) t6[j] = _mm256_add_ps(t3[4 + j], t3[j]);
-      _mm256_storeu_ps(out[i] + e + 8 * n,
-                       _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3])));
+      _mm256_storeu_ps(out[i] + e + 8 * n, reduce16_lanes(x));
     }
 }
 
@@ -502,18 +514,11 @@ template <int NR, int NV, class Rows>
 void pv_direct(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, int e, float* const* out) {
   alignas(32) float xs[16][NR][NV][8];
   for (int l = 0; l < 16; ++l) {
-    // The chain of slot r: +0, then fma(w[i][k], v[k], acc) over k = r (mod 64) in k0 .. k1.
+    // The chain of slot r: +0, then its positions k = r (mod 64) in k0 .. k1.
     auto chain = [&](int r, __m256 (&acc)[NR][NV]) {
       for (int i = 0; i < NR; ++i)
         for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_setzero_ps();
-      for (int32_t k = k0 + ((r - k0) % 64 + 64) % 64; k <= k1; k += 64) {
-        __m256 vv[NV];
-        Rows::template load_run<NV>(vr.row(k) + e, vv);
-        for (int i = 0; i < NR; ++i) {
-          const __m256 wk = _mm256_broadcast_ss(w[i] + k);
-          for (int n = 0; n < NV; ++n) acc[i][n] = _mm256_fmadd_ps(wk, vv[n], acc[i][n]);
-        }
-      }
+      slot_chain<64, NR, NV>(w, k0 + ((r - k0) % 64 + 64) % 64, k1, vr, e, acc);
     };
     __m256 a[NR][NV], c[NR][NV];
     chain(l, a);
@@ -529,12 +534,9 @@ void pv_direct(const float* const* w, int32_t k0, int32_t k1, const Rows& vr, in
   }
   for (int i = 0; i < NR; ++i)
     for (int n = 0; n < NV; ++n) {
-      auto x = [&](int l) { return _mm256_load_ps(xs[l][i][n]); };
-      __m256 t3[8], t6[4];
-      for (int j = 0; j < 8; ++j) t3[j] = _mm256_add_ps(x(8 + j), x(j));
-      for (int j = 0; j < 4; ++j) t6[j] = _mm256_add_ps(t3[4 + j], t3[j]);
-      _mm256_storeu_ps(out[i] + e + 8 * n,
-                       _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3])));
+      __m256 x[16];
+      for (int l = 0; l < 16; ++l) x[l] = _mm256_load_ps(xs[l][i][n]);
+      _mm256_storeu_ps(out[i] + e + 8 * n, reduce16_lanes(x));
     }
 }
 
